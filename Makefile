@@ -1,0 +1,35 @@
+# ComplexityNet: the two commands a newcomer needs are `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Machines with a local CPU torch wheel (see README) use it; elsewhere PyPI serves torch.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+UV := $(VENV)/bin/uv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: venv run test test-fast lock clean-data
+
+# The venv is rebuilt whenever the lock file or the project metadata changes.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(UV) pip install -q --python $(PY) $(FIND_LINKS) -r requirements.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Main job: the whole pipeline on the embedded default (recorded completions; no API key, no network).
+run: venv
+	dvc repro
+
+test: venv
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
+# Re-resolve every pinned dependency (torch stays at 2.13.0; the local +cpu tag is dropped).
+lock:
+	uv pip compile pyproject.toml --all-extras --python 3.11 $(FIND_LINKS) --no-annotate --no-header -o requirements.lock
+	sed -i 's/^torch==2.13.0+cpu$$/torch==2.13.0/' requirements.lock

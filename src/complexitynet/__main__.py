@@ -1,0 +1,5 @@
+import sys
+
+from complexitynet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,194 @@
+"""Typed, validated params.yaml: every stage reads its own section.
+
+Unknown keys, wrong types and dangling references (a ladder that does not exist, a recorded
+source or model that is not known) are errors that name the key, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from complexitynet.errors import ConfigError
+from complexitynet.providers.recorded import RECORDED_SOURCES
+from complexitynet.schemas import Dataset
+
+TEMPLATE_FIELDS = {"text", "tests", "entry_point"}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(Section):
+    dataset: Dataset = "mbpp"  # which benchmark the pipeline runs on
+    ladder: str | None = None  # a key of `ladders`; None means the ladder named like the dataset
+    seed: int = 2312  # every random choice (HumanEval split, training) derives from it
+
+
+class Fetch(Section):
+    mirrors: list[str] = Field(default_factory=list)  # tried in order (after $COMPLEXITYNET_MIRROR)
+    timeout_s: float = Field(60.0, gt=0)  # per download
+
+
+class Splits(Section):
+    train: float = Field(0.6, ge=0)
+    validation: float = Field(0.2, ge=0)
+    test: float = Field(0.2, ge=0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Splits:
+        if abs(self.train + self.validation + self.test - 1.0) > 1e-9:
+            raise ValueError("train + validation + test must sum to 1")
+        return self
+
+
+class Prepare(Section):
+    humaneval_split: Splits = Splits()  # seeded split of HumanEval (MBPP keeps its original split)
+    templates: dict[Dataset, str]  # the prompt shown to models; fields {text}, {tests}, {entry_point}
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> Prepare:
+        for dataset, template in self.templates.items():
+            try:
+                names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as exc:
+                raise ValueError(f"templates.{dataset}: {exc} (write literal braces as {{{{ }}}})") from None
+            unknown = names - TEMPLATE_FIELDS
+            if unknown:
+                raise ValueError(
+                    f"templates.{dataset} uses unknown field(s) {sorted(unknown)}; "
+                    f"valid fields are {sorted(TEMPLATE_FIELDS)}"
+                )
+        return self
+
+
+class Sample(Section):
+    # Token estimate when a source has no counts: 3.4 characters per token was measured on the
+    # recorded GPT-3.5 HumanEval completions (cl100k tokenizer) in this repository's data.
+    chars_per_token: float = Field(3.4, gt=0)
+
+
+class Price(Section):
+    input: float = Field(ge=0)  # USD per 1M prompt tokens
+    output: float = Field(ge=0)  # USD per 1M completion tokens
+
+
+class RecordedSpec(Section):
+    source: str  # a built-in recorded source, or "jsonl" for the generic import format
+    model: str  # the model's name inside the source
+    path: str | None = None  # the file to import, for source "jsonl"
+
+
+class ModelSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also the samples file name
+    provider: Literal["recorded"]
+    price: Price
+    recorded: RecordedSpec | None = None
+
+    @model_validator(mode="after")
+    def _provider_settings(self) -> ModelSpec:
+        if self.provider == "recorded":
+            spec = self.recorded
+            if spec is None:
+                raise ValueError("provider 'recorded' needs a `recorded:` block (source, model)")
+            if spec.source == "jsonl":
+                if not spec.path:
+                    raise ValueError("recorded source 'jsonl' needs `path:` (the file to import)")
+            elif spec.source not in RECORDED_SOURCES:
+                raise ValueError(
+                    f"unknown recorded source '{spec.source}'; "
+                    f"available: {sorted(RECORDED_SOURCES) + ['jsonl']}"
+                )
+            elif spec.model not in RECORDED_SOURCES[spec.source].models:
+                raise ValueError(
+                    f"recorded source '{spec.source}' has no model '{spec.model}'; "
+                    f"available: {sorted(RECORDED_SOURCES[spec.source].models)}"
+                )
+        return self
+
+
+class Params(Section):
+    base: Base = Base()
+    fetch: Fetch = Fetch()
+    prepare: Prepare
+    sample: Sample = Sample()
+    ladders: dict[str, list[ModelSpec]]
+
+    @model_validator(mode="after")
+    def _ladder_consistent(self) -> Params:
+        name = self.ladder_name
+        if name not in self.ladders:
+            raise ValueError(f"base.ladder: no ladder named '{name}'; defined: {sorted(self.ladders)}")
+        for lname, ladder in self.ladders.items():
+            if not ladder:
+                raise ValueError(f"ladders.{lname}: a ladder needs at least one model")
+            names = [m.name for m in ladder]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"ladders.{lname}: model names must be unique, repeated: {dupes}")
+        for i, model in enumerate(self.ladders[name]):
+            spec = model.recorded
+            if spec and spec.source in RECORDED_SOURCES:
+                src_dataset = RECORDED_SOURCES[spec.source].dataset
+                if src_dataset != self.base.dataset:
+                    raise ValueError(
+                        f"ladders.{name}.{i}: model '{model.name}' replays source '{spec.source}', "
+                        f"which holds {src_dataset} completions, but base.dataset is "
+                        f"'{self.base.dataset}'; pick a ladder for {self.base.dataset} in base.ladder"
+                    )
+        if self.base.dataset not in self.prepare.templates:
+            raise ValueError(f"prepare.templates: no prompt template for dataset '{self.base.dataset}'")
+        return self
+
+    @property
+    def ladder_name(self) -> str:
+        return self.base.ladder or self.base.dataset
+
+    @property
+    def ladder(self) -> list[ModelSpec]:
+        """The models of the active ladder, cheapest first."""
+        return self.ladders[self.ladder_name]
+
+
+def load_params(path: Path | str = "params.yaml", overrides: dict | None = None) -> Params:
+    """Read and validate params.yaml; any problem raises ConfigError naming the file and key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found (run from the repository root)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    try:
+        return Params.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(f"{path}: invalid params:\n{format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: pydantic.ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and section)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[leaf] = value

@@ -1,0 +1,114 @@
+"""JSONL reading with validation, and atomic, deterministic writing.
+
+Every output file is written to a temporary file beside it and renamed into place, so a killed
+process never leaves a half-written file. Records are sorted by their key, and serialised with a
+fixed layout, so the order in which parallel work finishes never changes a byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import pydantic
+
+from complexitynet.errors import DataError
+
+T = TypeVar("T", bound=pydantic.BaseModel)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: mkstemp's 0600 is replaced by the usual 0666 & ~umask
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def iter_json_lines(path: Path, opener: Callable[..., IO[str]] = open) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for every non-blank line; a bad line raises naming file and line."""
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    "fix or remove that line, or fetch the file again"
+                ) from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_jsonl(path: Path, model: type[T]) -> list[T]:
+    """Read and validate every record of a JSONL file written by this project."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found; run the stage that writes it first (see dvc.yaml)")
+    records = []
+    for lineno, obj in iter_json_lines(path):
+        try:
+            records.append(model.model_validate(obj))
+        except pydantic.ValidationError as exc:
+            raise DataError(f"{path}:{lineno}: invalid {model.__name__} record: {_first_error(exc)}") from None
+    return records
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(record)"
+    return f"field '{where}': {err['msg']}"
+
+
+def dumps(record: pydantic.BaseModel | dict[str, Any]) -> str:
+    """One JSON line with a fixed layout (field order of the schema, no ASCII escaping)."""
+    obj = record.model_dump(mode="json") if isinstance(record, pydantic.BaseModel) else record
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file beside `path`; on success fsync and rename it over `path`, else remove it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path: Path, records: Iterable[T], key: Callable[[T], Any]) -> int:
+    """Write records sorted by `key`, atomically; a duplicate key is a bug and raises."""
+    ordered = sorted(records, key=key)
+    for prev, cur in zip(ordered, ordered[1:]):
+        if key(prev) == key(cur):
+            raise DataError(f"{path}: two records share the key {key(cur)!r}; refusing to write")
+    with atomic_write(path) as fh:
+        for record in ordered:
+            fh.write(dumps(record) + "\n")
+    return len(ordered)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write a JSON document (metrics, maps) atomically, pretty and key-sorted."""
+    with atomic_write(path) as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, ensure_ascii=False)
+        fh.write("\n")

@@ -1,0 +1,161 @@
+"""Recorded completions: earlier runs of real models, replayed as the ladder's samples.
+
+Each built-in source has a small adapter that turns its own field names and types into
+`RawCompletion`s; `jsonl` is the documented generic format for completions made elsewhere:
+one JSON object per line with `task_id` (str), `model` (str), `trial` (int >= 0), `completion`
+(str) and optionally `prompt_tokens`, `completion_tokens` (int) and `latency_s` (float).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from complexitynet.errors import DataError
+from complexitynet.io import iter_json_lines
+
+
+@dataclass(frozen=True)
+class RawCompletion:
+    """One recorded completion before code extraction and costing."""
+
+    task_id: str
+    trial: int
+    completion: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    source_pass: bool | None = None  # the source's own verdict (not trusted; kept for comparison)
+    source_prompt: str | None = None  # the prompt the source actually sent, when it recorded it
+
+
+Reader = Callable[[Path, str], Iterator[RawCompletion]]
+
+
+@dataclass(frozen=True)
+class RecordedSource:
+    dataset: str
+    models: dict[str, tuple[str, str]]  # model name -> (file key in sources.FILES, adapter's field)
+    reader: Reader
+
+
+def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, lineno: int) -> Any:
+    if key not in obj:
+        raise DataError(f"{path}:{lineno}: missing field '{key}'; the file is not in the expected format")
+    value = obj[key]
+    # bool is an int subclass; an int field must not accept True/False.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DataError(f"{path}:{lineno}: field '{key}' should be {kind}, got {type(value).__name__}")
+    return value
+
+
+def _list_of(obj: dict, key: str, kind: type, n: int, path: Path, lineno: int) -> list | None:
+    if key not in obj:
+        return None
+    value = _get(obj, key, list, path, lineno)
+    if len(value) != n or not all(isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+                                  for v in value):
+        raise DataError(f"{path}:{lineno}: field '{key}' should be a list of {n} {kind.__name__}")
+    return value
+
+
+def read_complexitynet(path: Path, field: str) -> Iterator[RawCompletion]:
+    """The ComplexityNet paper's MBPP runs: `method2_<field>_output` and a boolean `_success` flag."""
+    for lineno, obj in iter_json_lines(path):
+        task = _get(obj, "task_id", int, path, lineno)
+        # The authors stored null where generation produced nothing (69 Code Llama rows); they
+        # scored those as failures, and so do we: an empty completion, which cannot pass.
+        output = _get(obj, f"method2_{field}_output", (str, type(None)), path, lineno)
+        yield RawCompletion(
+            task_id=f"MBPP/{task}",
+            trial=0,
+            completion=output or "",
+            source_pass=_get(obj, f"method2_{field}_success", bool, path, lineno),
+        )
+
+
+def read_adaptivellm(path: Path, _field: str) -> Iterator[RawCompletion]:
+    """AdaptiveLLM's HumanEval runs: five responses per problem, token counts where recorded."""
+    for lineno, obj in iter_json_lines(path):
+        key = "responses" if "responses" in obj else "response"
+        responses = _get(obj, key, list, path, lineno)
+        n = len(responses)
+        texts = _list_of(obj, key, str, n, path, lineno) or []
+        results = _list_of(obj, "results", bool, n, path, lineno)
+        out_key = "output_token_counts" if "output_token_counts" in obj else "response_tokens"
+        out_tokens = _list_of(obj, out_key, int, n, path, lineno)
+        in_tokens = _get(obj, "input_token_count", int, path, lineno) if "input_token_count" in obj else None
+        task_id = _get(obj, "id", str, path, lineno)
+        prompt = _get(obj, "prompt", str, path, lineno)
+        for trial, text in enumerate(texts):
+            yield RawCompletion(
+                task_id=task_id,
+                trial=trial,
+                completion=text,
+                prompt_tokens=in_tokens,
+                completion_tokens=out_tokens[trial] if out_tokens else None,
+                source_pass=results[trial] if results else None,
+                source_prompt=prompt,
+            )
+
+
+class GenericCompletion(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    task_id: str
+    model: str
+    trial: int = pydantic.Field(ge=0)
+    completion: str
+    prompt_tokens: int | None = pydantic.Field(None, ge=0)
+    completion_tokens: int | None = pydantic.Field(None, ge=0)
+    latency_s: float | None = pydantic.Field(None, ge=0)
+
+
+def read_generic(path: Path, model: str) -> Iterator[RawCompletion]:
+    """The generic import format (module docstring); rows of other models are skipped."""
+    if not path.exists():
+        raise DataError(f"{path}: recorded completions file not found (ladder `recorded.path`)")
+    for lineno, obj in iter_json_lines(path):
+        try:
+            row = GenericCompletion.model_validate(obj)
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise DataError(f"{path}:{lineno}: field '{where}': {err['msg']} (see the generic format)") from None
+        if row.model == model:
+            yield RawCompletion(
+                task_id=row.task_id, trial=row.trial, completion=row.completion,
+                prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
+                latency_s=row.latency_s,
+            )
+
+
+_ADAPTIVE_OPEN = [
+    "CodeLlama-7b-Instruct-hf", "Codestral-22B-v0.1", "Qwen2.5-Coder-1.5B-Instruct",
+    "Qwen2.5-Coder-32B-Instruct", "Yi-Coder-1.5B-Chat", "deepseek-coder-33b-instruct",
+    "deepseek-coder-v2-lite-instruct", "starcoder2-15b-instruct-v0.1",
+]
+
+RECORDED_SOURCES: dict[str, RecordedSource] = {
+    "complexitynet-mbpp": RecordedSource(
+        dataset="mbpp",
+        models={
+            "codellama-7b-python": ("complexitynet-llama", "llama"),
+            "gpt-3.5-turbo-1106": ("complexitynet-gpt", "gpt3_5"),
+            "gpt-4-1106-preview": ("complexitynet-gpt", "gpt4"),
+        },
+        reader=read_complexitynet,
+    ),
+    "adaptivellm-humaneval": RecordedSource(
+        dataset="humaneval",
+        models={
+            "gpt-3.5-turbo": ("adaptivellm-gpt3.5", ""),
+            "gpt-4o": ("adaptivellm-gpt4o", ""),
+            **{name: (f"adaptivellm-{name.lower()}", "") for name in _ADAPTIVE_OPEN},
+        },
+        reader=read_adaptivellm,
+    ),
+}

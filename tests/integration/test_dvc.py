@@ -1,0 +1,68 @@
+"""`dvc repro` on a copy of the repository: the DAG runs, a second run does nothing, and a forced
+rerun rewrites byte-identical outputs."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".gitignore"}
+
+
+@pytest.fixture()
+def project(tmp_path, mirror):
+    """The repository's tracked and unignored files, in a fresh git repo with no DVC outputs."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dest = tmp_path / "repo"
+    for rel in files:
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    env = {**os.environ, "COMPLEXITYNET_MIRROR": str(mirror),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run(["git", "init", "-q"], dest, env)
+    return dest, env
+
+
+def test_repro_twice_then_forced_rerun_is_byte_identical(project):
+    root, env = project
+    dvc = [sys.executable, "-m", "dvc"]
+    out = run([*dvc, "repro"], root, env)
+    for stage in ("fetch", "prepare", "sample"):
+        assert f"Running stage '{stage}'" in out
+    assert (root / "data/problems.jsonl").exists() and (root / "metrics/sample.json").exists()
+    first = tree_digest(root / "data") | tree_digest(root / "metrics")
+
+    again = run([*dvc, "repro"], root, env)
+    assert "Running stage" not in again
+    for stage in ("fetch", "prepare", "sample"):
+        assert f"Stage '{stage}' didn't change, skipping" in again
+    assert "Data and pipelines are up to date" in run([*dvc, "status"], root, env)
+
+    run([*dvc, "repro", "--force"], root, env)
+    assert tree_digest(root / "data") | tree_digest(root / "metrics") == first
+
+    # A params change reruns only what depends on it.
+    params = (root / "params.yaml").read_text().replace("chars_per_token: 3.4", "chars_per_token: 4.0")
+    (root / "params.yaml").write_text(params)
+    out = run([*dvc, "repro"], root, env)
+    assert "Running stage 'sample'" in out and "Running stage 'prepare'" not in out
+    assert "metrics/sample.json" in run([*dvc, "metrics", "show"], root, env)

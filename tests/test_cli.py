@@ -1,0 +1,98 @@
+"""Every CLI path, run in a scratch directory against the real (mirrored) sources."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from complexitynet.cli import main
+from complexitynet.sources import FILES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch, mirror):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPLEXITYNET_MIRROR", str(mirror))
+    return tmp_path
+
+
+def digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_pipeline_commands_write_outputs_and_rerun_byte_identical(workdir):
+    for stage in ("fetch", "prepare", "sample"):
+        assert main([stage]) == 0
+    assert len(Path("data/problems.jsonl").read_text().splitlines()) == 974
+    assert sorted(p.name for p in Path("data/samples").iterdir()) == [
+        "codellama-7b-python.jsonl", "gpt-3.5-turbo-1106.jsonl", "gpt-4-1106-preview.jsonl"]
+    metrics = json.loads(Path("metrics/sample.json").read_text())
+    assert metrics["models"]["gpt-4-1106-preview"]["missing_task_ids"] == ["MBPP/440"]
+    first = digest(workdir / "data") | digest(workdir / "metrics")
+    shutil.rmtree("data/samples")
+    Path("data/problems.jsonl").unlink()
+    assert main(["prepare"]) == 0 and main(["sample"]) == 0
+    assert digest(workdir / "data") | digest(workdir / "metrics") == first
+
+
+def test_humaneval_switch(workdir):
+    params = Path("params.yaml").read_text().replace("  dataset: mbpp ", "  dataset: humaneval ")
+    Path("params.yaml").write_text(params)
+    for stage in ("fetch", "prepare", "sample"):
+        assert main([stage]) == 0
+    assert len(Path("data/problems.jsonl").read_text().splitlines()) == 164
+    assert sorted(p.stem for p in Path("data/samples").iterdir()) == ["codellama-7b-instruct", "gpt-3.5-turbo", "gpt-4o"]
+
+
+def test_checksum_mismatch_stops_fetch(workdir, mirror, tmp_path_factory, monkeypatch, caplog):
+    bad_mirror = tmp_path_factory.mktemp("bad") / "mirror"
+    shutil.copytree(mirror, bad_mirror)
+    target = bad_mirror / FILES["mbpp"].relpath
+    target.chmod(0o644)
+    target.write_text('{"task_id": 1}\n')
+    monkeypatch.setenv("COMPLEXITYNET_MIRROR", str(bad_mirror))
+    assert main(["fetch"]) == 2
+    assert f"mirror copy of 'mbpp': sha256 is" in caplog.text and FILES["mbpp"].sha256 in caplog.text
+    assert not Path("data/sources/mbpp").exists()
+
+
+@pytest.mark.parametrize("corruption, expected", [
+    (lambda line: line[:40], "mbpp.jsonl:5: not valid JSON"),
+    (lambda line: json.dumps({k: v for k, v in json.loads(line).items() if k != "test_list"}),
+     "mbpp.jsonl:5: field 'test_list' is missing"),
+])
+def test_malformed_source_row_names_file_and_line_and_writes_nothing(workdir, caplog, corruption, expected):
+    assert main(["fetch"]) == 0
+    src = Path("data/sources") / FILES["mbpp"].relpath
+    lines = src.read_text().splitlines()
+    lines[4] = corruption(lines[4])
+    src.chmod(0o644)
+    src.write_text("\n".join(lines) + "\n")
+    assert main(["prepare"]) == 2
+    assert expected in caplog.text
+    assert not Path("data/problems.jsonl").exists()
+    assert not list(Path("data").glob(".problems.jsonl.*"))
+
+
+def test_bad_params_exit_2_naming_the_key(workdir, caplog):
+    Path("params.yaml").write_text(Path("params.yaml").read_text().replace("  seed: 2312", "  sed: 2312"))
+    assert main(["prepare"]) == 2
+    assert "base.sed: unknown key" in caplog.text
+
+
+def test_missing_inputs_point_to_the_stage(workdir, caplog):
+    assert main(["sample"]) == 2
+    assert "data/problems.jsonl: file not found" in caplog.text
+
+
+def test_help_lists_stages(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(stage in out for stage in ("fetch", "prepare", "sample"))

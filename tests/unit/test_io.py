@@ -1,0 +1,50 @@
+import pytest
+from pydantic import BaseModel
+
+from complexitynet.errors import DataError
+from complexitynet.io import atomic_write, read_jsonl, write_jsonl
+
+
+class Row(BaseModel):
+    key: int
+    text: str
+
+
+def test_write_sorts_and_is_deterministic(tmp_path):
+    rows = [Row(key=k, text=f"é{k}") for k in (3, 1, 2)]
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl(a, rows, key=lambda r: r.key)
+    write_jsonl(b, list(reversed(rows)), key=lambda r: r.key)
+    assert a.read_bytes() == b.read_bytes()
+    assert [r.key for r in read_jsonl(a, Row)] == [1, 2, 3]
+    assert "é1" in a.read_text(encoding="utf-8")  # no ASCII escaping
+
+
+def test_duplicate_keys_refused_and_nothing_written(tmp_path):
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(DataError, match="share the key"):
+        write_jsonl(out, [Row(key=1, text="a"), Row(key=1, text="b")], key=lambda r: r.key)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_leaves_old_file_and_no_temp_on_error(tmp_path):
+    out = tmp_path / "out.txt"
+    out.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(out) as fh:
+            fh.write("half")
+            raise RuntimeError("killed")
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_read_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"key": 1, "text": "a"}\n{"key": 2, "text": \n')
+    with pytest.raises(DataError, match=r"rows.jsonl:2: not valid JSON"):
+        read_jsonl(path, Row)
+    path.write_text('{"key": 1, "text": "a"}\n\n{"key": "x", "text": "b"}\n')
+    with pytest.raises(DataError, match=r"rows.jsonl:3: invalid Row record: field 'key'"):
+        read_jsonl(path, Row)
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "missing.jsonl", Row)

@@ -1,0 +1,58 @@
+from collections import Counter
+
+import pytest
+
+from complexitynet.config import Splits
+from complexitynet.prepare import humaneval_splits, mbpp_entry_point, mbpp_split, prepare
+
+
+@pytest.fixture(scope="module")
+def mbpp(sources_dir, params):
+    return prepare("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 1)
+
+
+def test_mbpp_has_974_rows_with_the_original_split(mbpp):
+    assert len(mbpp) == 974
+    assert Counter(p.split for p in mbpp) == {"fewshot": 10, "test": 500, "validation": 90, "train": 374}
+    by_id = {p.task_id: p for p in mbpp}
+    assert by_id["MBPP/10"].split == "fewshot" and by_id["MBPP/11"].split == "test"
+    assert by_id["MBPP/510"].split == "test" and by_id["MBPP/511"].split == "validation"
+    assert by_id["MBPP/600"].split == "validation" and by_id["MBPP/601"].split == "train"
+
+
+def test_mbpp_tests_stay_structured(mbpp):
+    p = {p.task_id: p for p in mbpp}["MBPP/2"]
+    assert p.entry_point == "similar_elements"
+    assert len(p.tests.asserts) == 3 and all(a.startswith("assert similar_elements(") for a in p.tests.asserts)
+    assert p.tests.check is None and "\r" not in p.reference
+    assert p.prompt.startswith("You are an expert Python programmer, and here is your task: Write a function")
+    assert p.prompt.endswith(p.tests.asserts[-1])
+    assert sum(bool(q.tests.setup) for q in mbpp) > 0 and sum(bool(q.tests.challenge) for q in mbpp) > 0
+
+
+def test_mbpp_entry_point_when_builtin_is_shadowed():
+    # MBPP/126 defines its own `sum`; the asserts call it.
+    ref = "def sum(a, b):\n    return a + b\n"
+    assert mbpp_entry_point(ref, ["assert sum(10, 15) == 6"]) == "sum"
+    assert mbpp_entry_point("print 'py2'", ["assert len(f(2)) == 1"]) == "f"
+
+
+def test_mbpp_split_bounds():
+    assert [mbpp_split(i) for i in (1, 10, 11, 510, 511, 600, 601, 974)] == [
+        "fewshot", "fewshot", "test", "test", "validation", "validation", "train", "train"]
+    with pytest.raises(ValueError):
+        mbpp_split(975)
+
+
+def test_humaneval_is_seeded_and_complete(sources_dir, params):
+    probs = prepare("humaneval", sources_dir, params.prepare.templates["humaneval"],
+                    params.prepare.humaneval_split, params.base.seed)
+    assert len(probs) == 164
+    assert Counter(p.split for p in probs) == {"train": 98, "validation": 33, "test": 33}
+    p = probs[0]
+    assert p.task_id == "HumanEval/0" and p.tests.check and "def check(candidate)" in p.tests.check
+    assert p.reference.startswith(p.text) and "```python\nfrom typing import List" in p.prompt
+    ids = [q.task_id for q in probs]
+    fr = Splits()
+    assert humaneval_splits(ids, fr, 7) == humaneval_splits(list(reversed(ids)), fr, 7)
+    assert humaneval_splits(ids, fr, 7) != humaneval_splits(ids, fr, 8)
