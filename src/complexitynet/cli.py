@@ -58,6 +58,55 @@ def cmd_sample(params: Params, args: argparse.Namespace) -> None:
                  " (tokens estimated)" if m["tokens_estimated_share"] else "")
 
 
+def cmd_execute(params: Params, args: argparse.Namespace) -> None:
+    import dataclasses
+    import json
+    import os
+
+    from complexitynet.execute import execute, summarize
+    from complexitynet.io import read_jsonl, write_json, write_jsonl
+    from complexitynet.sandbox.backends import Limits, make_backend
+    from complexitynet.sandbox.harness import Timeouts
+    from complexitynet.sandbox.image import image_name
+    from complexitynet.sandbox.pool import SandboxPool
+    from complexitynet.schemas import Problem, Sample, verdict_key
+
+    cfg = params.execute
+    problems = {p.task_id: p for p in read_jsonl(args.problems, Problem)}
+    samples = {m.name: read_jsonl(args.samples / f"{m.name}.jsonl", Sample) for m in params.ladder}
+    limits = Limits(**cfg.limits.model_dump())
+    timeouts = Timeouts(**cfg.timeouts.model_dump())
+    fingerprint = json.dumps([image_name(), dataclasses.asdict(limits), dataclasses.asdict(timeouts)])
+    backend = make_backend(args.backend or cfg.backend, limits, cfg.image_build)
+    pool = SandboxPool(backend, cfg.workers or os.cpu_count() or 1, limits, timeouts)
+    log.info("execute: %s backend, %d workers", backend.name, pool.workers)
+    try:
+        verdicts = execute(samples, problems, pool, fingerprint, args.cache if cfg.cache else None,
+                           progress=sys.stderr.isatty() and not os.environ.get("CI"))
+    finally:
+        pool.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, rows in verdicts.items():
+        write_jsonl(args.out / f"{name}.jsonl", rows, key=verdict_key)
+    for stale in args.out.glob("*.jsonl"):
+        if stale.stem not in verdicts:
+            stale.unlink()
+    metrics = {name: summarize(samples[name], verdicts[name]) for name in verdicts}
+    write_json(args.metrics, {"ladder": params.ladder_name, "backend": backend.name, "models": metrics})
+    for name, m in metrics.items():
+        flags = m["source_flags"]
+        log.info("execute: %-28s pass rate %.3f %s; agrees with the source's flags on %s/%s",
+                 name, m["pass_rate"] or 0, m["status"], flags["agree"], flags["compared"])
+
+
+def cmd_sandbox_image(params: Params, args: argparse.Namespace) -> None:
+    from complexitynet.sandbox.backends import DockerBackend, Limits
+
+    backend = DockerBackend(Limits(), params.execute.image_build)
+    log.info("sandbox image: %s", backend.image)
+    backend.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="complexitynet", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
@@ -79,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("data/samples"))
     p.add_argument("--metrics", type=Path, default=Path("metrics/sample.json"))
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("execute", help="run every sample in the sandbox -> data/verdicts/<model>.jsonl")
+    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
+    p.add_argument("--samples", type=Path, default=Path("data/samples"))
+    p.add_argument("--out", type=Path, default=Path("data/verdicts"))
+    p.add_argument("--cache", type=Path, default=Path("data/cache/verdicts"))
+    p.add_argument("--metrics", type=Path, default=Path("metrics/execute.json"))
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap"], help="override params execute.backend")
+    p.set_defaults(func=cmd_execute)
+
+    p = sub.add_parser("sandbox-image", help="build the Docker sandbox image if the engine lacks it")
+    p.set_defaults(func=cmd_sandbox_image)
     return parser
 
 

@@ -75,6 +75,30 @@ class Sample(Section):
     chars_per_token: float = Field(3.4, gt=0)
 
 
+class ExecuteLimits(Section):
+    memory_mb: int = Field(512, ge=64)  # address space of the solution process
+    cpu_s: int = Field(20, ge=1)  # CPU seconds for one sample
+    file_mb: int = Field(16, ge=1)  # largest file the solution may write
+    nproc: int = Field(32, ge=4)  # processes/threads of the sandbox user
+    nofile: int = Field(64, ge=16)  # open file descriptors
+    tmp_mb: int = Field(64, ge=1)  # writable scratch space (tmpfs)
+
+
+class ExecuteTimeouts(Section):
+    load_s: float = Field(10.0, gt=0)  # running the solution module and MBPP's setup code
+    test_s: float = Field(10.0, gt=0)  # one MBPP assert, or HumanEval's whole check()
+    sample_s: float = Field(60.0, gt=0)  # everything for one sample
+
+
+class Execute(Section):
+    backend: Literal["auto", "docker", "bwrap"] = "auto"  # auto: docker when an engine answers, else bwrap
+    workers: int = Field(0, ge=0)  # parallel sandboxes; 0 = one per CPU core
+    image_build: Literal["auto", "online", "offline"] = "auto"  # how to build the image if missing
+    cache: bool = True  # reuse verdicts by content (data/cache/verdicts/); resumes killed runs
+    limits: ExecuteLimits = ExecuteLimits()
+    timeouts: ExecuteTimeouts = ExecuteTimeouts()
+
+
 class Price(Section):
     input: float = Field(ge=0)  # USD per 1M prompt tokens
     output: float = Field(ge=0)  # USD per 1M completion tokens
@@ -119,6 +143,7 @@ class Params(Section):
     fetch: Fetch = Fetch()
     prepare: Prepare
     sample: Sample = Sample()
+    execute: Execute = Execute()
     ladders: dict[str, list[ModelSpec]]
 
     @model_validator(mode="after")

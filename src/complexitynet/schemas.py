@@ -68,3 +68,23 @@ class Sample(Record):
 
 def sample_key(sample: Sample) -> tuple[tuple[str, int, str], int]:
     return task_key(sample.task_id), sample.trial
+
+
+Status = Literal["pass", "fail", "timeout", "error", "crash"]
+
+
+class Verdict(Record):
+    """One row of data/verdicts/<model>.jsonl: the sandbox's verdict on one sample."""
+
+    task_id: str
+    trial: int = Field(ge=0)
+    model: str
+    status: Status
+    tests_passed: int = Field(ge=0)
+    tests_total: int = Field(ge=0)
+    duration_s: float = Field(ge=0)  # wall clock of the first execution (verdicts are cached, see execute)
+    detail: str  # the first failure, short; empty on pass
+
+
+def verdict_key(verdict: Verdict) -> tuple[tuple[str, int, str], int]:
+    return task_key(verdict.task_id), verdict.trial

@@ -1,0 +1,155 @@
+"""execute: run every sample's code against its problem's tests in the sandbox -> data/verdicts/.
+
+Verdicts are cached by content (the sandbox image, limits, timeouts, code and tests), appended to
+data/cache/verdicts/<model>.jsonl as they arrive: a killed run resumes without re-executing
+anything it finished, identical programs (common across trials) run once, and a rerun rewrites
+the same bytes. The stage also reports how our verdicts differ from the recorded sources' own
+pass flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from complexitynet.errors import DataError
+from complexitynet.sandbox.harness import Outcome
+from complexitynet.sandbox.pool import Job, SandboxPool
+from complexitynet.schemas import Problem, Sample, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def job_key(fingerprint: str, sample: Sample, problem: Problem) -> str:
+    """Content address of one execution: same sandbox, limits, code and tests -> same verdict."""
+    blob = json.dumps([fingerprint, sample.code, problem.tests.model_dump(), problem.entry_point],
+                      sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class VerdictCache:
+    """Append-only log of outcomes by job key; a torn last line (killed mid-write) is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                try:
+                    row = json.loads(line)
+                    self.entries[row["key"]] = row["outcome"]
+                except (ValueError, KeyError, TypeError):
+                    log.warning("%s:%d: skipping an unreadable cache line (interrupted write)", path, lineno)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def add(self, key: str, outcome: dict[str, Any]) -> None:
+        self.entries[key] = outcome
+        self._fh.write(json.dumps({"key": key, "outcome": outcome}, sort_keys=True) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool: SandboxPool,
+            fingerprint: str, cache_dir: Path | None, progress: bool = False) -> dict[str, list[Verdict]]:
+    """Verdicts for every sample of every model (models run through one shared pool)."""
+    caches = {m: VerdictCache(cache_dir / f"{m}.jsonl") if cache_dir else None for m in samples}
+    keyed: dict[str, dict[tuple[str, int], str]] = {}
+    todo: dict[tuple[str, str], Job] = {}  # (model, key) -> job; identical programs run once per model
+    for model, rows in samples.items():
+        keyed[model] = {}
+        for sample in rows:
+            problem = problems.get(sample.task_id)
+            if problem is None:
+                raise DataError(f"data/samples/{model}.jsonl: task '{sample.task_id}' is not in "
+                                "data/problems.jsonl; rerun `complexitynet sample`")
+            key = job_key(fingerprint, sample, problem)
+            keyed[model][sample.task_id, sample.trial] = key
+            cache = caches[model]
+            if (cache is None or key not in cache.entries) and (model, key) not in todo:
+                todo[model, key] = Job((model, key), sample.code, problem.tests, problem.entry_point)
+    fresh: dict[tuple[str, str], dict[str, Any]] = {}
+    total = sum(len(k) for k in keyed.values())
+    log.info("execute: %d samples, %d to run (%d cached or duplicate)", total, len(todo), total - len(todo))
+    try:
+        for (model, key), outcome, seconds in _progress(pool.map(todo.values()), len(todo), progress):
+            record = _outcome_record(outcome, seconds)
+            fresh[model, key] = record
+            if caches[model] is not None:
+                caches[model].add(key, record)
+    finally:
+        for cache in caches.values():
+            if cache is not None:
+                cache.close()
+    verdicts: dict[str, list[Verdict]] = {}
+    for model, rows in samples.items():
+        out = []
+        for sample in rows:
+            key = keyed[model][sample.task_id, sample.trial]
+            record = fresh.get((model, key)) or caches[model].entries[key]  # type: ignore[union-attr]
+            out.append(Verdict(task_id=sample.task_id, trial=sample.trial, model=model, **record))
+        verdicts[model] = out
+    return verdicts
+
+
+def _outcome_record(outcome: Outcome, seconds: float) -> dict[str, Any]:
+    return {"status": outcome.status, "tests_passed": outcome.tests_passed, "tests_total": outcome.tests_total,
+            "duration_s": round(seconds, 4), "detail": outcome.detail}
+
+
+def _progress(results: Iterable, total: int, enabled: bool) -> Iterable:
+    if not enabled or total == 0:
+        return results
+    from tqdm import tqdm
+
+    return tqdm(results, total=total, desc="execute", unit="sample", file=sys.stderr)
+
+
+def compare_with_source(samples: list[Sample], verdicts: list[Verdict], examples: int = 10) -> dict[str, Any]:
+    """How our verdicts differ from the recorded source's own pass flags, for one model."""
+    ours = {(v.task_id, v.trial): v.status == "pass" for v in verdicts}
+    counts: Counter[str] = Counter()
+    lists: dict[str, list[str]] = {"ours_pass_source_fail": [], "ours_fail_source_pass": []}
+    for s in samples:
+        if s.source_pass is None:
+            counts["no_source_flag"] += 1
+            continue
+        mine = ours[s.task_id, s.trial]
+        if mine == s.source_pass:
+            counts["agree"] += 1
+            continue
+        name = "ours_pass_source_fail" if mine else "ours_fail_source_pass"
+        counts[name] += 1
+        if len(lists[name]) < examples:
+            lists[name].append(f"{s.task_id}#{s.trial}")
+    compared = counts["agree"] + counts["ours_pass_source_fail"] + counts["ours_fail_source_pass"]
+    return {
+        "compared": compared,
+        "agree": counts["agree"],
+        "agreement": round(counts["agree"] / compared, 4) if compared else None,
+        "ours_pass_source_fail": counts["ours_pass_source_fail"],
+        "ours_fail_source_pass": counts["ours_fail_source_pass"],
+        "no_source_flag": counts["no_source_flag"],
+        "examples": lists,
+    }
+
+
+def summarize(samples: list[Sample], verdicts: list[Verdict]) -> dict[str, Any]:
+    statuses = Counter(v.status for v in verdicts)
+    return {
+        "samples": len(verdicts),
+        "status": {s: statuses.get(s, 0) for s in ("pass", "fail", "timeout", "error", "crash")},
+        "pass_rate": round(statuses.get("pass", 0) / len(verdicts), 4) if verdicts else None,
+        "source_flags": compare_with_source(samples, verdicts),
+    }
+

@@ -1,0 +1,1 @@
+"""Sandboxed execution of model code: backends (docker, bwrap), the runner protocol, the trusted harness."""

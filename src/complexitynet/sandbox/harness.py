@@ -1,0 +1,245 @@
+"""The trusted side of execution: runs a problem's tests against a solution living in a sandbox.
+
+The test code (MBPP asserts, HumanEval's `check`) is benchmark code and runs here, in the harness
+process. Every name the solution defines appears in the tests' namespace as a proxy: calling it,
+reading an attribute of what it returned or iterating over it is forwarded to the sandbox, and
+only plain data comes back (see protocol.py). Objects that cannot come back stay in the sandbox
+behind an opaque `Remote`, which has no truth value and equals nothing but itself. So the verdict
+is decided here, by genuine built-in values; nothing the solution does inside the sandbox (exit
+early, print markers, patch builtins, forge `__eq__`, walk frames) can make a test pass.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from complexitynet.sandbox import protocol as P
+from complexitynet.sandbox.backends import Limits, Session
+from complexitynet.schemas import Tests
+
+Status = str  # "pass" | "fail" | "timeout" | "error" | "crash"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    load_s: float = 10.0  # executing the solution module (and MBPP's setup code)
+    test_s: float = 10.0  # one assert, or HumanEval's whole check(), wall clock
+    sample_s: float = 60.0  # everything for one sample
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one sample; `anomaly` asks the caller to recycle the session."""
+
+    status: Status
+    tests_passed: int
+    tests_total: int
+    detail: str
+    anomaly: bool = False
+
+
+class SolutionStopped(Exception):  # noqa: N818 - control flow, not an error of ours
+    """The solution process is gone (timeout, crash, exit): stop running tests."""
+
+    def __init__(self, status: Status, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class RemoteError(Exception):
+    """The solution raised; a test that meets this fails."""
+
+
+_STOPPED = {"timeout": "timeout", "crash": "crash", "exited": "fail", "protocol": "fail", "gone": "fail"}
+
+
+class Connection:
+    """One sample's conversation with the sandbox, with the test deadline applied to every request."""
+
+    def __init__(self, session: Session, timeouts: Timeouts):
+        self.session = session
+        self.timeouts = timeouts
+        self.test_deadline = float("inf")
+        self.sample_deadline = time.monotonic() + timeouts.sample_s
+
+    def budget(self) -> float:
+        remaining = min(self.test_deadline, self.sample_deadline) - time.monotonic()
+        if remaining <= 0:
+            raise SolutionStopped("timeout", "time limit reached")
+        return remaining
+
+    def ask(self, message: dict[str, Any]) -> Any:
+        reply = self.session.request(message, self.budget())
+        if reply.get("ok"):
+            try:
+                return P.decode(reply.get("value"), self.deref)
+            except P.ProtocolError as exc:
+                raise RemoteError(f"the solution returned something that is not plain data ({exc})") from None
+        if "error" in reply:
+            raise RemoteError(str(reply["error"]))
+        status = str(reply.get("status"))
+        raise SolutionStopped(_STOPPED.get(status, "fail"), str(reply.get("detail", status)))
+
+    def deref(self, tag: str, payload: Any) -> Remote:
+        """Only handles may come back from the sandbox; they stay opaque here."""
+        if tag != "h" or type(payload) is not int:
+            raise P.ProtocolError(f"unexpected reference {tag!r} from the sandbox")
+        return Remote(self, payload)
+
+    def send(self, value: Any) -> Any:
+        return P.encode(value, _reference)
+
+
+def _reference(value: Any) -> list:
+    """How a test passes a non-plain value in: a sandbox object back, or a builtin by name."""
+    if isinstance(value, Remote):
+        return ["h", value._handle]
+    name = getattr(value, "__name__", None)
+    if isinstance(name, str) and getattr(builtins, name, None) is value:
+        return ["B", name]
+    raise P.ProtocolError(f"cannot pass a {type(value).__name__} into the sandbox")
+
+
+class RemoteFunction:
+    """A name the solution defines that is callable (a function or class)."""
+
+    def __init__(self, conn: Connection, name: str):
+        self._conn, self._name = conn, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._conn.ask({"op": "call", "name": self._name, "args": [self._conn.send(a) for a in args],
+                               "kwargs": {k: self._conn.send(v) for k, v in kwargs.items()}})
+
+    def __repr__(self) -> str:
+        return f"<solution function {self._name}>"
+
+
+class Remote:
+    """An object that stays in the sandbox. It equals only itself and has no truth value."""
+
+    def __init__(self, conn: Connection, handle: int):
+        self._conn, self._handle = conn, handle
+
+    def _ask(self, op: str, **extra: Any) -> Any:
+        return self._conn.ask({"op": op, "handle": self._handle, **extra})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ask("call", args=[self._conn.send(a) for a in args],
+                         kwargs={k: self._conn.send(v) for k, v in kwargs.items()})
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return self._ask("getattr", attr=attr)
+
+    def __iter__(self):
+        return iter(self._ask("iter"))
+
+    def __len__(self) -> int:
+        return self._ask("len")
+
+    def __str__(self) -> str:
+        return self._ask("str")
+
+    def __repr__(self) -> str:
+        return f"<sandbox object #{self._handle}>"
+
+    def __bool__(self) -> bool:
+        raise TypeError("a sandbox object has no truth value; the test needs plain data")
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def namespace(conn: Connection, names: dict[str, Any]) -> dict[str, Any]:
+    """The tests' globals: proxies for the solution's names, real stdlib modules it imported."""
+    ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__tests__"}
+    for name, info in names.items():
+        kind = info.get("kind") if isinstance(info, dict) else None
+        if kind == "callable":
+            ns[name] = RemoteFunction(conn, name)
+        elif kind == "value":
+            try:
+                ns[name] = P.decode(info.get("value"), conn.deref)
+            except P.ProtocolError:
+                continue
+        elif kind == "module":
+            module = str(info.get("module", ""))
+            if module.split(".")[0] in sys.stdlib_module_names:  # the tests may use `math` the solution imported
+                ns[name] = importlib.import_module(module)
+    return ns
+
+
+def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
+              limits: Limits, timeouts: Timeouts) -> Outcome:
+    """Load `code` in the sandbox and run `tests` here; never raises for the solution's behaviour."""
+    conn = Connection(session, timeouts)
+    total = len(tests.asserts) if tests.check is None else 1
+    conn.test_deadline = time.monotonic() + timeouts.load_s
+    reply = session.request({"op": "start", "code": code, "setup": tests.setup, "limits": limits.runner()},
+                            conn.budget())
+    if not reply.get("ok"):
+        status = str(reply.get("status"))
+        outcome_status = {"error": "error", "timeout": "timeout", "crash": "crash"}.get(status, "error")
+        return _finish(session, Outcome(outcome_status, 0, total, _short(reply.get("detail", status)),
+                                        anomaly=status != "error"))
+    ns = namespace(conn, reply.get("names") or {})
+    passed, failures = 0, []
+    try:
+        if tests.check is None:
+            for source in tests.asserts:
+                ok, why = _run_one(conn, timeouts, lambda src=source: exec(compile(src, "<test>", "exec"), ns))
+                passed += ok
+                if not ok:
+                    failures.append(why)
+        else:
+            exec(compile(tests.check, "<check>", "exec"), ns)
+            candidate = ns.get(entry_point)
+            if candidate is None:
+                failures.append(f"NameError: the solution defines no '{entry_point}'")
+            else:
+                ok, why = _run_one(conn, timeouts, lambda: ns["check"](candidate))
+                passed += ok
+                if not ok:
+                    failures.append(why)
+    except SolutionStopped as stop:
+        return _finish(session, Outcome(stop.status, passed, total, _short(stop.detail), anomaly=True))
+    status = "pass" if passed == total and not failures else "fail"
+    return _finish(session, Outcome(status, passed, total, _short(failures[0]) if failures else ""))
+
+
+def _run_one(conn: Connection, timeouts: Timeouts, test) -> tuple[bool, str]:
+    conn.test_deadline = time.monotonic() + timeouts.test_s
+    try:
+        test()
+        return True, ""
+    except SolutionStopped:
+        raise
+    except AssertionError as exc:
+        return False, f"AssertionError{': ' + str(exc) if str(exc) else ''}"
+    except Exception as exc:  # noqa: BLE001 - whatever the test raised, the test failed
+        return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.test_deadline = float("inf")
+
+
+def _finish(session: Session, outcome: Outcome) -> Outcome:
+    """Kill everything the sample left in the sandbox; stray processes are an anomaly too."""
+    reply = session.request({"op": "stop"}, 10.0)
+    if reply.get("stray"):
+        return Outcome(outcome.status, outcome.tests_passed, outcome.tests_total,
+                       outcome.detail or f"left {reply['stray']} process(es) behind", anomaly=True)
+    return outcome
+
+
+def _short(text: Any, limit: int = 300) -> str:
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
