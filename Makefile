@@ -7,7 +7,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 UV := $(VENV)/bin/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run test test-fast lock clean-data
+.PHONY: venv sandbox run test test-fast lock
 
 # The venv is rebuilt whenever the lock file or the project metadata changes.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -19,15 +19,19 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 venv: $(VENV)/.installed
 
+# A sandbox for the execute stage: Docker engine + image, or bubblewrap (installs them if root).
+sandbox: venv
+	PY=$(PY) bash sandbox/setup.sh
+
 # Main job: the whole pipeline on the embedded default (recorded completions; no API key, no network).
-run: venv
+run: sandbox
 	dvc repro
 
-test: venv
+test: sandbox
 	$(PY) -m pytest
 
 test-fast: venv
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not integration"
 
 # Re-resolve every pinned dependency (torch stays at 2.13.0; the local +cpu tag is dropped).
 lock:

@@ -162,10 +162,15 @@ class BwrapSession(Session):
         return f"exit code {code}; {err.strip()}"
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        # EOF on stdin lets the supervisor exit and bwrap reap its namespace; killing bwrap outright
+        # would orphan its inner init process.
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
             except (OSError, ValueError):

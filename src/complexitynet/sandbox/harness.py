@@ -55,6 +55,16 @@ class RemoteError(Exception):
     """The solution raised; a test that meets this fails."""
 
 
+def stable_detail(reply: dict[str, Any], timeouts: Timeouts) -> str:
+    """The runner's reason, with the remaining-time figure of a wall-clock timeout replaced by the
+    configured limits, so the same inputs always give the same verdict text."""
+    detail = str(reply.get("detail", reply.get("status")))
+    if reply.get("status") == "timeout" and detail.startswith("no answer within"):
+        return (f"time limit exceeded (load {timeouts.load_s:g}s, test {timeouts.test_s:g}s, "
+                f"sample {timeouts.sample_s:g}s)")
+    return detail
+
+
 _STOPPED = {"timeout": "timeout", "crash": "crash", "exited": "fail", "protocol": "fail", "gone": "fail"}
 
 
@@ -70,7 +80,8 @@ class Connection:
     def budget(self) -> float:
         remaining = min(self.test_deadline, self.sample_deadline) - time.monotonic()
         if remaining <= 0:
-            raise SolutionStopped("timeout", "time limit reached")
+            raise SolutionStopped("timeout", stable_detail({"status": "timeout", "detail": "no answer within"},
+                                                           self.timeouts))
         return remaining
 
     def ask(self, message: dict[str, Any]) -> Any:
@@ -83,7 +94,7 @@ class Connection:
         if "error" in reply:
             raise RemoteError(str(reply["error"]))
         status = str(reply.get("status"))
-        raise SolutionStopped(_STOPPED.get(status, "fail"), str(reply.get("detail", status)))
+        raise SolutionStopped(_STOPPED.get(status, "fail"), stable_detail(reply, self.timeouts))
 
     def deref(self, tag: str, payload: Any) -> Remote:
         """Only handles may come back from the sandbox; they stay opaque here."""
@@ -189,7 +200,7 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
     if not reply.get("ok"):
         status = str(reply.get("status"))
         outcome_status = {"error": "error", "timeout": "timeout", "crash": "crash"}.get(status, "error")
-        return _finish(session, Outcome(outcome_status, 0, total, _short(reply.get("detail", status)),
+        return _finish(session, Outcome(outcome_status, 0, total, _short(stable_detail(reply, timeouts)),
                                         anomaly=status != "error"))
     ns = namespace(conn, reply.get("names") or {})
     passed, failures = 0, []

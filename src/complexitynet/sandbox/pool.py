@@ -89,12 +89,16 @@ class SandboxPool:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def close(self) -> None:
+    def close(self, close_backend: bool = True) -> None:
+        """Close every idle session (and the backend, unless it is shared with other pools)."""
         while not self._idle.empty():
-            _, session = self._idle.get_nowait()
+            slot, session = self._idle.get_nowait()
             if session is not None:
                 session.close()
-        self.backend.close()
+        for slot in range(self.workers):
+            self._idle.put((slot, None))
+        if close_backend:
+            self.backend.close()
 
 
 def _total(tests: Tests) -> int:

@@ -1,0 +1,106 @@
+"""The execute stage through its CLI: verdict files, the comparison with source flags, caching,
+and resuming after SIGKILL with output byte-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from complexitynet.cli import main
+from tests.sandbox.sandboxes import make
+
+pytestmark = [pytest.mark.integration]
+REPO = Path(__file__).resolve().parents[2]
+
+COMPLETIONS = {  # MBPP/2: similar_elements(t1, t2) == tuple of common elements
+    0: "```python\ndef similar_elements(a, b):\n    return tuple(sorted(set(a) & set(b)))\n```",
+    1: "def similar_elements(a, b):\n    return list(set(a) & set(b))",  # a list: fails
+    2: "def similar_elements(a, b)\n    return ()",  # syntax error
+    3: "def similar_elements(a, b):\n    while True: pass",  # timeout
+}
+
+
+def write_workdir(tmp_path: Path, mirror: Path, backend: str, slow: int = 0) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["base"]["ladder"] = "mine"
+    params["execute"].update(backend=backend, workers=1,
+                             timeouts={"load_s": 3, "test_s": 1, "sample_s": 10})
+    params["ladders"]["mine"] = [{
+        "name": "mine", "provider": "recorded", "price": {"input": 1, "output": 1},
+        "recorded": {"source": "jsonl", "model": "mine", "path": "mine.jsonl"}}]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    rows = [{"task_id": "MBPP/2", "model": "mine", "trial": t, "completion": c} for t, c in COMPLETIONS.items()]
+    for i in range(slow):  # distinct programs that each take a while: something to interrupt
+        rows.append({"task_id": "MBPP/2", "model": "mine", "trial": 10 + i, "completion":
+                     f"import time\ndef similar_elements(a, b):\n    time.sleep(0.3)  # {i}\n    return tuple(sorted(set(a) & set(b)))"})
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(params=["docker", "bwrap"])
+def workdir(request, tmp_path, monkeypatch, mirror):
+    make(request.param).close()  # skip (or fail under CI) if the backend is missing
+    write_workdir(tmp_path, mirror, request.param)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPLEXITYNET_MIRROR", str(mirror))
+    for stage in ("fetch", "prepare", "sample"):
+        assert main([stage]) == 0
+    return tmp_path
+
+
+def test_execute_writes_verdicts_metrics_and_reuses_the_cache(workdir, caplog):
+    caplog.set_level(logging.INFO)
+    assert main(["execute"]) == 0
+    verdicts = [json.loads(line) for line in Path("data/verdicts/mine.jsonl").read_text().splitlines()]
+    assert [(v["trial"], v["status"], v["tests_passed"]) for v in verdicts] == [
+        (0, "pass", 3), (1, "fail", 0), (2, "error", 0), (3, "timeout", 0)]
+    assert "SyntaxError" in verdicts[2]["detail"]
+    metrics = json.loads(Path("metrics/execute.json").read_text())["models"]["mine"]
+    assert metrics["status"]["pass"] == 1 and metrics["source_flags"]["no_source_flag"] == 4
+    first = Path("data/verdicts/mine.jsonl").read_bytes()
+    caplog.clear()
+    assert main(["execute"]) == 0
+    assert "0 to run" in caplog.text
+    assert Path("data/verdicts/mine.jsonl").read_bytes() == first
+
+
+def test_killed_run_resumes_byte_identical(tmp_path, mirror):
+    backend = "bwrap" if shutil.which("bwrap") else "docker"
+    make(backend).close()
+    env = {**os.environ, "COMPLEXITYNET_MIRROR": str(mirror)}
+    cli = [sys.executable, "-m", "complexitynet"]
+    runs = {}
+    for name in ("straight", "killed"):
+        work = tmp_path / name
+        work.mkdir()
+        write_workdir(work, mirror, backend, slow=12)
+        for stage in ("fetch", "prepare", "sample"):
+            subprocess.run(cli + [stage], cwd=work, env=env, check=True, capture_output=True)
+        if name == "killed":
+            proc = subprocess.Popen(cli + ["execute"], cwd=work, env=env, stderr=subprocess.DEVNULL)
+            cache = work / "data/cache/verdicts/mine.jsonl"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (not cache.exists() or len(cache.read_text().splitlines()) < 6):
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            done_before = len(cache.read_text().splitlines())
+            assert 6 <= done_before < 16 and not (work / "data/verdicts/mine.jsonl").exists()
+        out = subprocess.run(cli + ["execute"], cwd=work, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        if name == "killed":
+            assert f"{16 - done_before} to run" in out.stderr
+            keys = [json.loads(line)["key"] for line in cache.read_text().splitlines()]
+            assert len(keys) == len(set(keys)) == 16  # nothing executed twice
+        runs[name] = json.loads("[" + ",".join((work / "data/verdicts/mine.jsonl").read_text().splitlines()) + "]")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "duration_s"} for r in rows]  # noqa: E731
+    assert strip(runs["killed"]) == strip(runs["straight"])
