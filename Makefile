@@ -7,7 +7,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 UV := $(VENV)/bin/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv sandbox run test test-fast lock
+.PHONY: venv sandbox run test test-fast lock mlflow-ui
 
 # The venv is rebuilt whenever the lock file or the project metadata changes.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -37,3 +37,7 @@ test-fast: venv
 lock:
 	uv pip compile pyproject.toml --all-extras --python 3.11 $(FIND_LINKS) --no-annotate --no-header -o requirements.lock
 	sed -i 's/^torch==2.13.0+cpu$$/torch==2.13.0/' requirements.lock
+
+# The MLflow UI over the local tracking store (every training run and baseline), on 127.0.0.1:5000.
+mlflow-ui: venv
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -99,6 +99,55 @@ def cmd_execute(params: Params, args: argparse.Namespace) -> None:
                  name, m["pass_rate"] or 0, m["status"], flags["agree"], flags["compared"])
 
 
+def cmd_label(params: Params, args: argparse.Namespace) -> None:
+    from complexitynet.io import read_jsonl, write_json, write_jsonl
+    from complexitynet.label import distribution, label_problems
+    from complexitynet.schemas import Problem, Verdict, label_key
+
+    ladder = [m.name for m in params.ladder]
+    cfg = params.label
+    problems = read_jsonl(args.problems, Problem)
+    verdicts = {m: read_jsonl(args.verdicts / f"{m}.jsonl", Verdict) for m in ladder}
+    k = cfg.k[params.base.dataset]
+    labels = label_problems(problems, verdicts, ladder, k, cfg.rule, cfg.threshold, cfg.allow_missing)
+    write_jsonl(args.out, labels, key=label_key)
+    dist = distribution(labels, ladder)
+    write_json(args.metrics, {"ladder": params.ladder_name, "k": k, "rule": cfg.rule,
+                              "threshold": cfg.threshold, **dist})
+    for split, d in dist["splits"].items():
+        log.info("label: %-10s n=%-4d %s (1-trial agrees %.2f, flagged %d)", split, d["n"], d["label"],
+                 d["first_trial_agrees"], d["flagged"])
+
+
+def cmd_train(params: Params, args: argparse.Namespace) -> None:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+    from complexitynet.io import read_jsonl, write_json
+    from complexitynet.schemas import Label, Problem
+    from complexitynet.tracking import provenance_tags
+    from complexitynet.train import train
+
+    classes = [m.name for m in params.ladder] + ["none"]
+    tags = {**provenance_tags(), "ladder": params.ladder_name, "dataset": params.base.dataset}
+    metrics = train(read_jsonl(args.problems, Problem), read_jsonl(args.labels, Label), classes, params.train,
+                    params.base.seed, args.out, args.baselines, tags)
+    # run ids and timings differ on every run; the DVC metric keeps only what the inputs determine
+    metrics["models"]["lora"].pop("run_id")
+    for row in metrics["history"]:
+        row.pop("train_seconds")
+    write_json(args.metrics, metrics)
+    for name, m in metrics["models"].items():
+        log.info("train: %-12s validation accuracy %.3f  macro-F1 %.3f  within-one %.3f", name, m["accuracy"],
+                 m["macro_f1"], m["within_one"])
+
+
 def cmd_sandbox_image(params: Params, args: argparse.Namespace) -> None:
     from complexitynet.sandbox.backends import DockerBackend, Limits
 
@@ -137,6 +186,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, default=Path("metrics/execute.json"))
     p.add_argument("--backend", choices=["auto", "docker", "bwrap"], help="override params execute.backend")
     p.set_defaults(func=cmd_execute)
+
+    p = sub.add_parser("label", help="write data/labels.jsonl from the verdicts")
+    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
+    p.add_argument("--verdicts", type=Path, default=Path("data/verdicts"))
+    p.add_argument("--out", type=Path, default=Path("data/labels.jsonl"))
+    p.add_argument("--metrics", type=Path, default=Path("metrics/label.json"))
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("train", help="train the LoRA classifier and baselines (tracked in MLflow)")
+    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
+    p.add_argument("--labels", type=Path, default=Path("data/labels.jsonl"))
+    p.add_argument("--out", type=Path, default=Path("models/classifier"))
+    p.add_argument("--baselines", type=Path, default=Path("models/baselines"))
+    p.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sandbox-image", help="build the Docker sandbox image if the engine lacks it")
     p.set_defaults(func=cmd_sandbox_image)

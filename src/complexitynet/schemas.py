@@ -88,3 +88,21 @@ class Verdict(Record):
 
 def verdict_key(verdict: Verdict) -> tuple[tuple[str, int, str], int]:
     return task_key(verdict.task_id), verdict.trial
+
+
+class Label(Record):
+    """One row of data/labels.jsonl: how hard a prompt is for the ladder."""
+
+    task_id: str
+    split: Split
+    label: int = Field(ge=0)  # index in the ladder of the cheapest model that reliably solves it; len(ladder) = none
+    label_name: str  # that model's name, or "none"
+    label_first_trial: int = Field(ge=0)  # the same rule on trial 0 only (the paper's 1-trial labels)
+    passes: dict[str, int]  # per model: passing trials among the first k
+    trials: dict[str, int]  # per model: trials judged (at most k)
+    pass_rate: dict[str, float | None]  # passes / trials; None when a model has no trial
+    flagged: bool = False  # fewer than k trials for some model (allowed by label.allow_missing)
+
+
+def label_key(label: Label) -> tuple[str, int, str]:
+    return task_key(label.task_id)

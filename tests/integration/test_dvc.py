@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-STAGES = ("fetch", "prepare", "sample", "execute")
+STAGES = ("fetch", "prepare", "sample", "execute", "label", "train")
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -40,7 +41,11 @@ def project(tmp_path, mirror):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
     (dest / "dvc.lock").unlink(missing_ok=True)
-    env = {**os.environ, "COMPLEXITYNET_MIRROR": str(mirror),
+    # The whole DAG runs, with training cut to a smoke run (the full one takes minutes on 2 cores).
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["train"].update(epochs=1, max_train=16, max_length=64)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "COMPLEXITYNET_MIRROR": str(mirror), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     run(["git", "init", "-q"], dest, env)
     return dest, env
@@ -74,3 +79,10 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     out = run([*dvc, "repro"], root, env)
     assert "Running stage 'sample'" in out and "Running stage 'prepare'" not in out
     assert "metrics/sample.json" in run([*dvc, "metrics", "show"], root, env)
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["lr"] = 0.002
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run([*dvc, "repro"], root, env)
+    assert "Running stage 'train'" in out
+    assert all(f"Running stage '{stage}'" not in out for stage in STAGES[:-1])

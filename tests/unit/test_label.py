@@ -1,0 +1,71 @@
+import pytest
+
+from complexitynet.errors import DataError
+from complexitynet.label import distribution, first_solver, label_problems, solves
+from complexitynet.schemas import Problem, Verdict
+from complexitynet.schemas import Tests as ProblemTests
+
+LADDER = ["small", "medium", "large"]
+
+
+def problem(task: str, split: str = "train") -> Problem:
+    return Problem(task_id=task, dataset="mbpp", split=split, text="t", prompt="p", entry_point="f",
+                   tests=ProblemTests(asserts=["assert f()"]), reference="def f(): return True")
+
+
+def verdicts(table: dict[str, dict[str, list[bool]]]) -> dict[str, list[Verdict]]:
+    out: dict[str, list[Verdict]] = {m: [] for m in LADDER}
+    for task, per_model in table.items():
+        for model, results in per_model.items():
+            for trial, ok in enumerate(results):
+                out[model].append(Verdict(task_id=task, trial=trial, model=model, status="pass" if ok else "fail",
+                                          tests_passed=int(ok), tests_total=1, duration_s=0.0, detail=""))
+    return out
+
+
+def test_rules():
+    assert solves(5, 5, "threshold", 1.0) and not solves(4, 5, "threshold", 1.0)
+    assert solves(4, 5, "threshold", 0.8) and solves(1, 5, "first_pass", 1.0) and not solves(0, 0, "first_pass", 1.0)
+    assert first_solver([(0, 5), (5, 5), (5, 5)], "threshold", 1.0) == 1
+    assert first_solver([(0, 5), (4, 5), (3, 5)], "threshold", 1.0) == 3  # none reliably: "none"
+
+
+def test_k_trial_and_first_trial_labels():
+    table = {
+        "T/1": {"small": [True] * 5, "medium": [True] * 5, "large": [True] * 5},
+        "T/2": {"small": [True, False, True, True, True], "medium": [True] * 5, "large": [True] * 5},
+        "T/3": {"small": [False] * 5, "medium": [False, True, True, True, True], "large": [True] * 5},
+        "T/4": {"small": [False] * 5, "medium": [False] * 5, "large": [False, True, False, False, False]},
+    }
+    labels = label_problems([problem(t) for t in table], verdicts(table), LADDER, k=5)
+    assert [lab.label for lab in labels] == [0, 1, 2, 3]
+    assert [lab.label_name for lab in labels] == ["small", "medium", "large", "none"]
+    assert [lab.label_first_trial for lab in labels] == [0, 0, 2, 3]
+    assert labels[1].passes == {"small": 4, "medium": 5, "large": 5} and labels[1].pass_rate["small"] == 0.8
+    relaxed = label_problems([problem(t) for t in table], verdicts(table), LADDER, k=5, threshold=0.8)
+    assert [lab.label for lab in relaxed] == [0, 0, 1, 3]
+    anypass = label_problems([problem(t) for t in table], verdicts(table), LADDER, k=5, rule="first_pass")
+    assert [lab.label for lab in anypass] == [0, 0, 1, 2]
+
+
+def test_only_first_k_trials_count():
+    table = {"T/1": {"small": [True, False], "medium": [True, True], "large": [True, True]}}
+    assert label_problems([problem("T/1")], verdicts(table), LADDER, k=1)[0].label == 0
+    assert label_problems([problem("T/1")], verdicts(table), LADDER, k=2)[0].label == 1
+
+
+def test_missing_trials_error_names_prompt_and_model_unless_allowed():
+    table = {"T/9": {"small": [False], "medium": [], "large": [True]}}
+    with pytest.raises(DataError, match=r"T/9: model 'medium' has 0 judged trial\(s\), label.k is 1"):
+        label_problems([problem("T/9")], verdicts(table), LADDER, k=1)
+    [lab] = label_problems([problem("T/9")], verdicts(table), LADDER, k=1, allow_missing=True)
+    assert lab.flagged and lab.label == 2 and lab.pass_rate["medium"] is None
+
+
+def test_distribution_counts_per_split():
+    table = {"T/1": {m: [True] for m in LADDER}, "T/2": {m: [False] for m in LADDER}}
+    labels = label_problems([problem("T/1"), problem("T/2", "test")], verdicts(table), LADDER, k=1)
+    dist = distribution(labels, LADDER)
+    assert dist["classes"] == LADDER + ["none"]
+    assert dist["splits"]["train"]["label"] == {"small": 1, "medium": 0, "large": 0, "none": 0}
+    assert dist["splits"]["test"]["label"]["none"] == 1 and dist["splits"]["test"]["first_trial_agrees"] == 1.0
