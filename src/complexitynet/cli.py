@@ -7,6 +7,7 @@ plain function; all logic lives in the stage modules.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -148,6 +149,75 @@ def cmd_train(params: Params, args: argparse.Namespace) -> None:
                  m["macro_f1"], m["within_one"])
 
 
+def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
+    import joblib
+    import numpy as np
+
+    from complexitynet.classifier import load_classifier
+    from complexitynet.evaluate import evaluate, test_set, write_plots
+    from complexitynet.io import atomic_write, read_jsonl, write_json
+    from complexitynet.report import render
+    from complexitynet.schemas import Label, Problem, Sample
+
+    cfg = params.evaluate
+    models = [m.name for m in params.ladder]
+    samples = {m: read_jsonl(args.samples / f"{m}.jsonl", Sample) for m in models}
+    problems, labels = read_jsonl(args.problems, Problem), read_jsonl(args.labels, Label)
+    ts = test_set(problems, labels, samples, models, params.train.input)
+    clf = load_classifier(args.classifier)
+    probs = {"router": clf.predict_proba(ts.texts)}
+    for path in sorted(args.baselines.glob("*.joblib")):
+        probs[path.stem] = joblib.load(path).predict_proba(ts.texts)
+    flags = {}
+    if args.execute_metrics.exists():
+        flags = {m: v["source_flags"] for m, v in json.loads(args.execute_metrics.read_text())["models"].items()}
+    targets = np.round(np.arange(0.0, 1.0 + 1e-9, cfg.sweep_step), 6)
+    target = cfg.target
+    if target is None:  # choose the operating point on validation prompts, never on test
+        from complexitynet.routing import calibrate_target
+
+        val = test_set(problems, labels, samples, models, params.train.input, split="validation")
+        target = calibrate_target(clf.predict_proba(val.texts), val.quality, val.cost, targets, cfg.quality_goal)
+        log.info("evaluate: target %.2f calibrated on %d validation prompts (keep %.0f%% of the largest's pass rate)",
+                 target, len(val.task_ids), 100 * cfg.quality_goal)
+    result = evaluate(ts, probs, target, targets, cfg.router_cost_usd, cfg.bootstrap, params.base.seed, flags)
+    write_json(args.metrics, result)
+    title = f"{params.base.dataset} / ladder {params.ladder_name}"
+    write_plots(result, ts, probs["router"], clf.classes, args.plots, title)
+    rule = f"{params.label.rule}, k={params.label.k[params.base.dataset]}, threshold {params.label.threshold:g}"
+    with atomic_write(args.report) as fh:
+        fh.write(render(result, params.base.dataset, params.ladder_name, rule))
+    _log_evaluation(params, result, args)
+    router = result["policies"]["router"]
+    log.info("evaluate: router pass rate %.3f at %.1f%% of always-largest's cost (largest: %.3f); APGR %.3f, AIQ %.3f",
+             router["pass_rate"], 100 * router["cost_vs_largest"], result["largest"]["pass_rate"],
+             result["curves"]["router"]["apgr"], result["curves"]["router"]["aiq"])
+
+
+def _log_evaluation(params: Params, result: dict, args: argparse.Namespace) -> None:
+    """The evaluation as an MLflow run beside the training runs (same numbers as metrics/eval.json)."""
+    import os
+
+    import mlflow
+
+    from complexitynet import tracking
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    tracking.setup(params.train.experiment)
+    tags = {**tracking.provenance_tags(stages=("prepare", "label", "train")), "kind": "evaluate",
+            "ladder": params.ladder_name, "dataset": params.base.dataset}
+    with mlflow.start_run(run_name="evaluate", tags=tags):
+        mlflow.log_params({"target": result["target"], "n_test": result["n_test"]})
+        numbers = {f"test_{name}_{k}": s[k]["value"] for name, s in result["classifier"].items() for k in s}
+        numbers.update({f"{name}_{k}".replace(":", "_"): v for name, p in result["policies"].items()
+                        for k, v in p.items() if v == v})
+        numbers.update({f"{name}_{k}": c[k] for name, c in result["curves"].items() if isinstance(c, dict)
+                        for k in ("apgr", "cpt50", "cpt80", "aiq") if c[k] == c[k]})
+        mlflow.log_metrics(numbers)
+        for path in (args.plots / "frontier.png", args.plots / "confusion.png", args.report, args.metrics):
+            mlflow.log_artifact(str(path))
+
+
 def cmd_sandbox_image(params: Params, args: argparse.Namespace) -> None:
     from complexitynet.sandbox.backends import DockerBackend, Limits
 
@@ -201,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", type=Path, default=Path("models/baselines"))
     p.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="routing quality vs cost on the test split; report and plots")
+    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
+    p.add_argument("--labels", type=Path, default=Path("data/labels.jsonl"))
+    p.add_argument("--samples", type=Path, default=Path("data/samples"))
+    p.add_argument("--classifier", type=Path, default=Path("models/classifier"))
+    p.add_argument("--baselines", type=Path, default=Path("models/baselines"))
+    p.add_argument("--execute-metrics", type=Path, default=Path("metrics/execute.json"))
+    p.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
+    p.add_argument("--plots", type=Path, default=Path("plots"))
+    p.add_argument("--report", type=Path, default=Path("reports/report.md"))
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sandbox-image", help="build the Docker sandbox image if the engine lacks it")
     p.set_defaults(func=cmd_sandbox_image)

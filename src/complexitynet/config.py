@@ -138,6 +138,14 @@ class Train(Section):
     registered_model: str = "complexitynet-classifier"  # MLflow registry name ("champion" alias = best)
 
 
+class Evaluate(Section):
+    target: float | None = Field(None, ge=0, le=1)  # router operating point; None = calibrated on validation
+    quality_goal: float = Field(0.95, gt=0, le=1)  # calibration: keep this share of always-largest's pass rate
+    sweep_step: float = Field(0.02, gt=0, le=0.5)  # target grid for the cost-quality curve
+    bootstrap: int = Field(1000, ge=100)  # resamples for the 95% intervals
+    router_cost_usd: float = Field(1e-6, ge=0)  # per prompt: the classifier's own inference cost
+
+
 class Price(Section):
     input: float = Field(ge=0)  # USD per 1M prompt tokens
     output: float = Field(ge=0)  # USD per 1M completion tokens
@@ -185,6 +193,7 @@ class Params(Section):
     execute: Execute = Execute()
     label: Label = Label()
     train: Train = Train()
+    evaluate: Evaluate = Evaluate()
     ladders: dict[str, list[ModelSpec]]
 
     @model_validator(mode="after")

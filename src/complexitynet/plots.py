@@ -36,3 +36,32 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path: Path, title: str
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
+
+
+def frontier_png(curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]],
+                 path: Path, title: str) -> None:
+    """Cost (relative to always-largest) against pass rate: classifier sweeps as lines, fixed
+    policies as labelled points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
+    for name, xy in curves.items():
+        xs, ys = zip(*sorted(xy))
+        ax.plot(xs, ys, marker=".", markersize=3, linewidth=2.2 if name == "router" else 1.0,
+                label=name, zorder=3 if name == "router" else 2)
+    for name, (x, y) in points.items():
+        ax.scatter([x], [y], s=40, zorder=4, edgecolors="black", linewidths=0.5)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("cost relative to always using the largest model (log scale)")
+    ax.set_ylabel("pass rate (our sandbox verdicts)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)

@@ -14,7 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-STAGES = ("fetch", "prepare", "sample", "execute", "label", "train")
+STAGES = ("fetch", "prepare", "sample", "execute", "label", "train", "evaluate")
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -84,5 +84,20 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     params["train"]["lr"] = 0.002
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run([*dvc, "repro"], root, env)
-    assert "Running stage 'train'" in out
-    assert all(f"Running stage '{stage}'" not in out for stage in STAGES[:-1])
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert all(f"Running stage '{stage}'" not in out for stage in STAGES[:-2])
+    for path in ("metrics/eval.json", "plots/frontier.png", "plots/confusion.png", "reports/report.md"):
+        assert (root / path).exists(), path
+    assert "metrics/eval.json" in run([*dvc, "metrics", "show"], root, env)
+    run([*dvc, "plots", "show", "-o", str(root / "plots-html")], root, env)
+    assert (root / "plots-html" / "index.html").exists()
+
+    # One params switch: the HumanEval ladder (3 models, 5 samples each, k=5 labels).
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["base"]["dataset"] = "humaneval"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([*dvc, "repro"], root, env)
+    assert len((root / "data/problems.jsonl").read_text().splitlines()) == 164
+    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    assert evaluation["n_test"] == 33 and evaluation["models"] == ["codellama-7b-instruct", "gpt-3.5-turbo", "gpt-4o"]
+    assert "# ComplexityNet evaluation: humaneval" in (root / "reports/report.md").read_text()

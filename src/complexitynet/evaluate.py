@@ -1,0 +1,201 @@
+"""evaluate: routing quality against cost on the test split, with our sandbox verdicts as truth.
+
+Produces metrics/eval.json, plots/frontier.png, plots/confusion.png and reports/report.md, and logs
+the same numbers to MLflow. Everything is computed on the test split only; see routing.py for the
+decision rule and the metric definitions.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from complexitynet import routing as R
+from complexitynet.errors import DataError
+from complexitynet.schemas import Label, Problem, Sample
+
+PAPER = {"label_accuracy_3class": 0.79, "compute_saving": 0.90, "code_accuracy": 0.867}
+
+
+@dataclass
+class TestSet:
+    task_ids: list[str]
+    texts: list[str]
+    labels: np.ndarray  # k-trial label per prompt
+    labels_first: np.ndarray  # 1-trial label
+    quality: np.ndarray  # [prompt, model] pass rate
+    cost: np.ndarray  # [prompt, model] USD per call
+    models: list[str]
+
+
+def test_set(problems: list[Problem], labels: list[Label], samples: dict[str, list[Sample]], models: list[str],
+             input_field: str, split: str = "test") -> TestSet:
+    """A split with its quality and cost matrices (a missing sample costs the model's median)."""
+    by_id = {p.task_id: p for p in problems}
+    rows = [lab for lab in labels if lab.split == split]
+    if not rows:
+        raise DataError(f"data/labels.jsonl has no {split} prompts; nothing to evaluate")
+    cost = np.zeros((len(rows), len(models)))
+    for j, model in enumerate(models):
+        per_task: dict[str, list[float]] = {}
+        for s in samples[model]:
+            per_task.setdefault(s.task_id, []).append(s.cost_usd)
+        median = statistics.median(c for costs in per_task.values() for c in costs)
+        for i, lab in enumerate(rows):
+            costs = per_task.get(lab.task_id)
+            cost[i, j] = sum(costs) / len(costs) if costs else median
+    quality = np.array([[lab.pass_rate.get(m) or 0.0 for m in models] for lab in rows])
+    return TestSet([lab.task_id for lab in rows], [getattr(by_id[lab.task_id], input_field) for lab in rows],
+                   np.array([lab.label for lab in rows]), np.array([lab.label_first_trial for lab in rows]),
+                   quality, cost, models)
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
+    """Macro-averaged F1 over all classes (a class absent from both counts 0, as sklearn does)."""
+    matrix = np.zeros((n_classes, n_classes))
+    np.add.at(matrix, (y, pred), 1)
+    tp = np.diag(matrix)
+    denom = matrix.sum(axis=0) + matrix.sum(axis=1)
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+
+def classifier_scores(y: np.ndarray, probs: np.ndarray, rounds: int, seed: int) -> dict[str, Any]:
+    """Exact, within-one and macro-F1 with 95% bootstrap intervals."""
+    pred = probs.argmax(axis=1)
+    fns = {
+        "accuracy": lambda idx: float((pred[idx] == y[idx]).mean()),
+        "within_one": lambda idx: float((np.abs(pred[idx] - y[idx]) <= 1).mean()),
+        "macro_f1": lambda idx: macro_f1(y[idx], pred[idx], probs.shape[1]),
+    }
+    everyone = np.arange(len(y))
+    return {name: {"value": fn(everyone), "ci95": list(R.bootstrap_ci(fn, len(y), rounds, seed))}
+            for name, fn in fns.items()}
+
+
+def routing_errors(choices: np.ndarray, ts: TestSet) -> dict[str, float]:
+    """Under-routing: sent below the cheapest model that solves it (quality lost). Over-routing: sent
+    above the oracle's choice (money wasted; for unsolvable prompts, anything above the cheapest)."""
+    oracle = R.oracle_choices(ts.quality)
+    solvable = ts.quality.max(axis=1) > 0
+    under = solvable & (ts.quality[np.arange(len(choices)), choices] < ts.quality.max(axis=1))
+    return {"under_routing": float(under.mean()), "over_routing": float((choices > oracle).mean())}
+
+
+def policies(ts: TestSet, probs: dict[str, np.ndarray], target: float, overhead: float) -> dict[str, dict[str, Any]]:
+    """Pass rate and cost of every policy, relative to always-largest."""
+    n, top = len(ts.task_ids), len(ts.models) - 1
+    points: dict[str, R.Point] = {f"always:{m}": R.outcome(R.fixed(i, n), ts.quality, ts.cost)
+                                  for i, m in enumerate(ts.models)}
+    points["oracle"] = R.outcome(R.oracle_choices(ts.quality), ts.quality, ts.cost)
+    router_choices = R.choose(probs["router"], target)
+    points["random_mix"] = R.random_mix(router_choices, ts.quality, ts.cost)
+    for name, p in probs.items():
+        points[name] = R.outcome(R.choose(p, target), ts.quality, ts.cost, overhead if name == "router" else 0.0)
+    weak, strong = points[f"always:{ts.models[0]}"], points[f"always:{ts.models[top]}"]
+    return {name: {"pass_rate": p.quality, "cost_usd": p.cost, "cost_vs_largest": p.cost / strong.cost,
+                   "saving_vs_largest": 1 - p.cost / strong.cost, "pgr": R.pgr(p.quality, weak.quality, strong.quality)}
+            for name, p in points.items()}
+
+
+def curves(ts: TestSet, probs: dict[str, np.ndarray], targets: np.ndarray, overhead: float) -> dict[str, Any]:
+    """Target sweeps, with APGR, CPT(50%), CPT(80%) and AIQ per classifier, and the ladder's own AIQ."""
+    n, top = len(ts.task_ids), len(ts.models) - 1
+    ladder = [R.outcome(R.fixed(i, n), ts.quality, ts.cost) for i in range(top + 1)]
+    weak, strong = ladder[0], ladder[top]
+    out: dict[str, Any] = {"ladder_aiq": R.aiq(ladder, weak.cost, strong.cost)}
+    for name, p in probs.items():
+        swept = R.sweep(p, ts.quality, ts.cost, targets, overhead if name == "router" else 0.0)
+        pts = [pt for _, pt in swept]
+        out[name] = {
+            "apgr": R.apgr(pts, weak, strong),
+            "cpt50": R.cpt(pts, weak, strong, 0.5),
+            "cpt80": R.cpt(pts, weak, strong, 0.8),
+            "aiq": R.aiq(pts + ladder, weak.cost, strong.cost),
+            "curve": [{"target": t, "pass_rate": pt.quality, "cost_usd": pt.cost} for t, pt in swept],
+        }
+    return out
+
+
+def paper_way(ts: TestSet, probs: np.ndarray) -> dict[str, Any]:
+    """The paper's headline computed its way: the two top levels (largest model, none) merged into
+    one class, routing by the argmax level (none -> the largest), compute as our measured cost."""
+    top = len(ts.models) - 1
+    merge = lambda a: np.minimum(a, top)  # noqa: E731
+    pred = probs.argmax(axis=1)
+    routed = R.outcome(merge(pred), ts.quality, ts.cost)
+    largest = R.outcome(R.fixed(top, len(pred)), ts.quality, ts.cost)
+    return {"label_accuracy_3class": float((merge(pred) == merge(ts.labels)).mean()),
+            "code_accuracy": routed.quality, "compute_saving": 1 - routed.cost / largest.cost,
+            "paper": PAPER}
+
+
+def trials_question(ts: TestSet, probs: np.ndarray) -> dict[str, Any]:
+    """1-trial vs k-trial labels: agreement, classifier accuracy against each, and the outcome of
+    routing every prompt to the model its label names (judged by the k-trial pass rates)."""
+    top = len(ts.models) - 1
+    pred = probs.argmax(axis=1)
+    follow = {name: R.outcome(np.minimum(lab, top), ts.quality, ts.cost)
+              for name, lab in (("k_trial", ts.labels), ("first_trial", ts.labels_first))}
+    return {"agreement": float((ts.labels == ts.labels_first).mean()),
+            "classifier_accuracy_vs_k_trial": float((pred == ts.labels).mean()),
+            "classifier_accuracy_vs_first_trial": float((pred == ts.labels_first).mean()),
+            "route_by_label": {k: {"pass_rate": v.quality, "cost_usd": v.cost} for k, v in follow.items()}}
+
+
+def evaluate(ts: TestSet, probs: dict[str, np.ndarray], target: float, targets: np.ndarray, overhead: float,
+             rounds: int, seed: int, source_flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every number of the evaluation (see the module docstring and README, "Evaluation")."""
+    router = probs["router"]
+    choices = R.choose(router, target)
+    top = len(ts.models) - 1
+    strong = R.outcome(R.fixed(top, len(choices)), ts.quality, ts.cost)
+    rows = np.arange(len(choices))
+
+    def router_pass(idx):
+        return float(ts.quality[idx, choices[idx]].mean())
+
+    def router_saving(idx):
+        return 1 - (ts.cost[idx, choices[idx]].sum() + overhead * len(idx)) / ts.cost[idx, top].sum()
+
+    return {
+        "n_test": len(ts.task_ids),
+        "models": ts.models,
+        "target": target,
+        "classifier": {name: classifier_scores(ts.labels, p, rounds, seed) for name, p in probs.items()},
+        "routing_errors": routing_errors(choices, ts),
+        "policies": policies(ts, probs, target, overhead),
+        "router_ci95": {"pass_rate": list(R.bootstrap_ci(router_pass, len(rows), rounds, seed)),
+                        "saving_vs_largest": list(R.bootstrap_ci(router_saving, len(rows), rounds, seed))},
+        "router_mix": {m: int((choices == i).sum()) for i, m in enumerate(ts.models)},
+        "largest": {"pass_rate": strong.quality, "cost_usd": strong.cost},
+        "curves": curves(ts, probs, targets, overhead),
+        "paper_way": paper_way(ts, router),
+        "trials": trials_question(ts, router),
+        "source_flags": source_flags or {},
+    }
+
+
+def confusion(ts: TestSet, probs: np.ndarray) -> np.ndarray:
+    from complexitynet.plots import confusion_matrix
+
+    return confusion_matrix(ts.labels, probs.argmax(axis=1), probs.shape[1])
+
+
+def write_plots(result: dict[str, Any], ts: TestSet, router_probs: np.ndarray, classes: list[str],
+                plots_dir: Path, title: str) -> None:
+    from complexitynet.plots import confusion_png, frontier_png
+
+    largest = result["largest"]["cost_usd"]
+    curves_xy = {name: [(pt["cost_usd"] / largest, pt["pass_rate"]) for pt in c["curve"]]
+                 for name, c in result["curves"].items() if isinstance(c, dict)}
+    points = {name: (p["cost_vs_largest"], p["pass_rate"]) for name, p in result["policies"].items()
+              if name.startswith("always:") or name in ("oracle", "random_mix", "router")}
+    points = {name.replace("always:", ""): xy for name, xy in points.items()}
+    points[f"router @ {result['target']:g}"] = points.pop("router")
+    frontier_png(curves_xy, points, plots_dir / "frontier.png", title)
+    confusion_png(confusion(ts, router_probs), classes, plots_dir / "confusion.png",
+                  f"{title}: router classifier on the test split (n={len(ts.task_ids)})")
