@@ -170,7 +170,8 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         probs[path.stem] = joblib.load(path).predict_proba(ts.texts)
     flags = {}
     if args.execute_metrics.exists():
-        flags = {m: v["source_flags"] for m, v in json.loads(args.execute_metrics.read_text())["models"].items()}
+        flags = {m: {k: v for k, v in m_metrics["source_flags"].items() if k != "examples"}
+                 for m, m_metrics in json.loads(args.execute_metrics.read_text())["models"].items()}
     targets = np.round(np.arange(0.0, 1.0 + 1e-9, cfg.sweep_step), 6)
     target = cfg.target
     if target is None:  # choose the operating point on validation prompts, never on test

@@ -108,7 +108,18 @@ def write_jsonl(path: Path, records: Iterable[T], key: Callable[[T], Any]) -> in
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write a JSON document (metrics, maps) atomically, pretty and key-sorted."""
+    """Write a JSON document (metrics, maps) atomically, pretty and key-sorted; NaN becomes null
+    (strict JSON, which DVC and browsers parse)."""
     with atomic_write(path) as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, ensure_ascii=False)
+        json.dump(_finite(obj), fh, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
         fh.write("\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj

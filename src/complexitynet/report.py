@@ -7,15 +7,15 @@ from typing import Any
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
 
 def _ci(ci: list[float]) -> str:
     return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
-def _num(x: float) -> str:
-    return "n/a" if isinstance(x, float) and math.isnan(x) else f"{x:.3f}"
+def _num(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
 def _num_ci(ci: list[float]) -> str:

@@ -48,3 +48,14 @@ def test_read_errors_name_file_and_line(tmp_path):
         read_jsonl(path, Row)
     with pytest.raises(DataError, match="file not found"):
         read_jsonl(tmp_path / "missing.jsonl", Row)
+
+
+def test_write_json_is_strict_json(tmp_path):
+    import json
+
+    from complexitynet.io import write_json
+
+    path = tmp_path / "m.json"
+    write_json(path, {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
+    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
+    assert "NaN" not in path.read_text()

@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from complexitynet.evaluate import TestSet as EvalSet
+from complexitynet.evaluate import evaluate, routing_errors
+from complexitynet.report import render
+
+QUALITY = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+COST = np.array([[1.0, 2.0, 10.0]] * 4)
+MODELS = ["small", "medium", "large"]
+
+
+def make_set() -> EvalSet:
+    return EvalSet(["T/1", "T/2", "T/3", "T/4"], ["a", "b", "c", "d"], np.array([0, 1, 2, 3]),
+                   np.array([0, 0, 2, 3]), QUALITY, COST, MODELS)
+
+
+def test_routing_errors():
+    ts = make_set()
+    # too weak for T/2 (small), right for T/1, too strong for T/1's twin and the unsolvable T/4
+    errors = routing_errors(np.array([2, 0, 2, 1]), ts)
+    assert errors == {"under_routing": 0.25, "over_routing": 0.5}
+
+
+def test_perfect_classifier_is_the_oracle():
+    ts = make_set()
+    perfect = np.eye(4)[[0, 1, 2, 3]]
+    result = evaluate(ts, {"router": perfect}, 0.5, np.linspace(0, 1, 11), 0.0, 200, 0)
+    router, oracle = result["policies"]["router"], result["policies"]["oracle"]
+    assert router["pass_rate"] == oracle["pass_rate"] == 0.75
+    # the unsolvable prompt goes to the largest model under the rule, to the cheapest for the oracle
+    assert router["cost_usd"] == 1 + 2 + 10 + 10 and oracle["cost_usd"] == 1 + 2 + 10 + 1
+    assert result["classifier"]["router"]["accuracy"]["value"] == 1.0
+    assert result["policies"]["always:large"]["pgr"] == 1.0 and result["policies"]["always:small"]["pgr"] == 0.0
+    assert result["paper_way"]["label_accuracy_3class"] == 1.0
+    assert result["trials"]["agreement"] == 0.75
+    assert result["router_mix"] == {"small": 1, "medium": 1, "large": 2}
+    text = render(result, "mbpp", "test", "threshold")
+    assert "| router | 75.0%" in text and "we miss it" in text
+
+
+def test_uninformed_classifier_costs_as_much_as_the_largest():
+    ts = make_set()
+    flat = np.full((4, 4), 0.25)
+    result = evaluate(ts, {"router": flat}, 0.9, np.linspace(0, 1, 11), 0.0, 200, 0)
+    assert result["policies"]["router"]["cost_vs_largest"] == pytest.approx(1.0)
