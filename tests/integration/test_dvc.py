@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The whole DAG, twice over (MBPP, then the HumanEval switch): minutes, not seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 STAGES = ("fetch", "prepare", "sample", "execute", "label", "train", "evaluate")
 
 
@@ -44,6 +45,7 @@ def project(tmp_path, mirror):
     # The whole DAG runs, with training cut to a smoke run (the full one takes minutes on 2 cores).
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["train"].update(epochs=1, max_train=16, max_length=64)
+    params["evaluate"]["bootstrap"] = 100
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "COMPLEXITYNET_MIRROR": str(mirror), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
