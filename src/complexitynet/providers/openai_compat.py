@@ -1,0 +1,148 @@
+"""`openai` provider: any Chat Completions endpoint (OpenAI, vLLM, Ollama, llama.cpp server, TGI).
+
+Talks through the official `openai` client with its own retries switched off (max_retries=0):
+the sampling engine's retry policy is the one that runs and is counted. Errors are mapped onto the
+provider errors by the client's own types. The API key is read from the environment variable the
+ladder names, at the last moment, and is never logged, stored, or put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from complexitynet.errors import ConfigError
+from complexitynet.providers.base import (
+    BadResponse,
+    LiveProvider,
+    ProviderError,
+    RawCompletion,
+    Request,
+    RequestError,
+    RetryableError,
+    retry_after_s,
+)
+
+if TYPE_CHECKING:
+    from complexitynet.config import ModelSpec, RequestParams
+
+NO_KEY = "not-needed"  # what the client sends to endpoints that take no key (api_key_env: null)
+RETRY_STATUSES = {408, 409, 429}  # and every 5xx, as the openai client itself would retry
+
+
+class OpenAIProvider(LiveProvider):
+    def __init__(self, spec: ModelSpec, sources_dir: Path) -> None:
+        super().__init__(spec, sources_dir)
+        assert spec.openai is not None  # guaranteed by config validation
+        self.cfg = spec.openai
+        self.concurrency = self.cfg.concurrency
+        self.rpm = self.cfg.rpm
+        self.timeout_s = self.cfg.timeout_s
+        self.max_retries = self.cfg.max_retries
+        self.backoff_s = self.cfg.backoff_s
+        self._client: Any = None
+        self._key: str | None = None
+
+    @property
+    def params(self) -> RequestParams:
+        return self.cfg.params
+
+    def identity(self) -> dict[str, Any]:
+        return {"provider": "openai", "base_url": self.cfg.base_url.rstrip("/"), "model": self.cfg.model,
+                "params": self.cfg.params.model_dump(exclude_none=True)}
+
+    def check(self) -> None:
+        self._api_key()
+
+    def _api_key(self) -> str:
+        env = self.cfg.api_key_env
+        if env is None:
+            return NO_KEY
+        value = os.environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(
+                f"model '{self.spec.name}' reads its API key from the environment variable {env}, "
+                f"which is not set (or empty): export {env}=... before running, or set "
+                f"`openai.api_key_env: null` for an endpoint that needs no key. Keys never go in params.yaml")
+        return value
+
+    def _redact(self, text: str) -> str:
+        if self._key and self._key != NO_KEY:
+            text = text.replace(self._key, "[redacted]")
+        return text[:300]
+
+    def _body(self, request: Request) -> dict[str, Any]:
+        p = self.cfg.params
+        body: dict[str, Any] = {"model": self.cfg.model, "max_tokens": p.max_tokens,
+                                "messages": [{"role": "user", "content": request.prompt}]}
+        for name in ("temperature", "top_p", "stop"):
+            if getattr(p, name) is not None:
+                body[name] = getattr(p, name)
+        if p.seed is not None:
+            body["seed"] = p.seed + request.trial
+        return body
+
+    def _get_client(self) -> Any:
+        if self._client is None:
+            import openai
+
+            self._key = self._api_key()
+            self._client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._key,
+                                              max_retries=0, timeout=self.cfg.timeout_s)
+        return self._client
+
+    async def complete(self, batch: list[Request]) -> list[RawCompletion]:
+        import openai
+
+        [request] = batch
+        client = self._get_client()
+        start = time.perf_counter()
+        try:
+            response = await client.chat.completions.create(**self._body(request))
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc) from None
+        except openai.APITimeoutError:
+            raise RetryableError(f"timed out (client timeout {self.cfg.timeout_s:g} s)") from None
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise RetryableError(f"connection error: {self._redact(type(cause).__name__ + ': ' + str(cause))}") from None
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+            raise BadResponse(f"malformed response: {self._redact(str(exc))}") from None
+        latency = time.perf_counter() - start
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise BadResponse("malformed response: no `choices`")
+        message = getattr(choices[0], "message", None)
+        content = getattr(message, "content", None)
+        if not isinstance(content, str):
+            raise BadResponse("malformed response: `choices[0].message.content` is not a string")
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None)
+        completion_tokens = getattr(usage, "completion_tokens", None)
+        if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+            prompt_tokens = completion_tokens = None  # estimated and flagged downstream
+        return [RawCompletion(task_id=request.task_id, trial=request.trial, completion=content,
+                              prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                              latency_s=latency, finish_reason=getattr(choices[0], "finish_reason", None))]
+
+    def _status_error(self, exc: Any) -> Exception:
+        status = exc.status_code
+        where = f"model '{self.spec.name}' ({self.cfg.model} at {self.cfg.base_url})"
+        if status in RETRY_STATUSES or status >= 500:
+            return RetryableError(f"HTTP {status}", retry_after_s(exc.response.headers))
+        if status in (401, 403):
+            # The body may echo part of the key: it is not repeated here.
+            source = f"${self.cfg.api_key_env}" if self.cfg.api_key_env else "no key (api_key_env: null)"
+            return ProviderError(f"{where}: HTTP {status}: the endpoint refused the API key from {source}")
+        if status == 404:
+            return ProviderError(f"{where}: HTTP 404: {self._redact(exc.message)}; check `openai.model` "
+                                 "and `openai.base_url` (it usually ends in /v1)")
+        return RequestError(f"HTTP {status}: {self._redact(exc.message)}")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

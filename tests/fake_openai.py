@@ -1,0 +1,193 @@
+"""A fake OpenAI-compatible Chat Completions server on 127.0.0.1, for tests and benchmarks.
+
+It speaks real HTTP (aiohttp), so the real `openai` client talks to it. Answers are a pure
+function of the request body, so two runs that send the same requests get the same bytes back.
+It can add latency and inject faults, chosen per request by a `faults` callable that sees the
+body's hash and how many times that body was seen before:
+
+- "429": Too Many Requests with a Retry-After header
+- "500": Internal Server Error
+- "drop": the connection is closed without a response
+- "slow": the answer comes after `slow_s` (longer than the client's timeout)
+- "malformed": 200 with a body that is not JSON
+- "no_choices": 200 with JSON that lacks `choices`
+- "no_usage": a normal answer without `usage`
+
+It counts requests: every attempt and every successful answer per body hash, so tests can assert
+that no request succeeded twice. Run it in a thread (`with FakeOpenAI() as server:`) or as its own
+process (`python -m tests.fake_openai --latency 0.2`, which prints its base URL), so that a
+benchmark does not share a GIL with the client it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from aiohttp import web
+
+Faults = Callable[[str, int], str | None]  # (body hash, attempts before this one) -> fault or None
+
+
+def body_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+def fraction(key: str, attempt: int) -> float:
+    """A deterministic number in [0, 1) for (body, attempt): fault plans that ignore timing."""
+    return int(hashlib.sha256(f"{key}/{attempt}".encode()).hexdigest()[:8], 16) / 2**32
+
+
+def answer(request: dict, key: str) -> tuple[str, int, int]:
+    """The completion text and token counts for a request: a pure function of the request."""
+    prompt = "".join(m.get("content") or "" for m in request.get("messages", []))
+    text = f"Here you go:\n```python\ndef solution(*args):\n    return {int(key[:6], 16)}\n```\n"
+    return text, max(1, len(prompt) // 4), len(text) // 4
+
+
+class FakeOpenAI:
+    """The server; `base_url` is valid between start() and stop() (or inside `with`)."""
+
+    def __init__(self, latency_s: float = 0.0, faults: Faults | None = None, retry_after: str = "0.05",
+                 slow_s: float = 5.0, api_key: str | None = None) -> None:
+        self.latency_s = latency_s
+        self.faults = faults
+        self.retry_after = retry_after
+        self.slow_s = slow_s
+        self.api_key = api_key
+        self.attempts: Counter[str] = Counter()  # every request, by body hash
+        self.successes: Counter[str] = Counter()  # 200 answers with a completion, by body hash
+        self.statuses: Counter[str] = Counter()  # "200", "429", "drop", ...
+        self.bodies: dict[str, dict] = {}
+        self.headers_seen: list[dict[str, str]] = []
+        self.base_url = ""
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def requests(self) -> int:
+        return sum(self.attempts.values())
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.attempts.clear()
+            self.successes.clear()
+            self.statuses.clear()
+            self.headers_seen.clear()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        key = body_hash(raw)
+        with self._lock:
+            attempt = self.attempts[key]
+            self.attempts[key] += 1
+            self.headers_seen.append(dict(request.headers))
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._count("401", web.json_response({"error": {"message": "bad key"}}, status=401))
+        fault = self.faults(key, attempt) if self.faults else None
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if fault == "429":
+            return self._count("429", web.json_response(
+                {"error": {"message": "rate limited", "type": "rate_limit"}}, status=429,
+                headers={"Retry-After": self.retry_after}))
+        if fault == "500":
+            return self._count("500", web.json_response({"error": {"message": "boom"}}, status=500))
+        if fault == "drop":
+            self._count("drop", None)
+            assert request.transport is not None
+            request.transport.close()  # the client sees the connection end with no response
+            return web.Response()
+        if fault == "slow":
+            await asyncio.sleep(self.slow_s)
+        if fault == "malformed":
+            return self._count("malformed", web.Response(text='{"id": "x", "choices": [', content_type="application/json"))
+        if fault == "no_choices":
+            return self._count("no_choices", web.json_response({"id": "x", "object": "chat.completion"}))
+        body = json.loads(raw)
+        with self._lock:
+            self.bodies[key] = body
+        text, prompt_tokens, completion_tokens = answer(body, key)
+        payload = {
+            "id": f"chatcmpl-{key}", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+        }
+        if fault != "no_usage":
+            payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                "total_tokens": prompt_tokens + completion_tokens}
+        with self._lock:
+            self.successes[key] += 1
+        return self._count("200", web.json_response(payload))
+
+    def _count(self, status: str, response: web.StreamResponse | None) -> web.StreamResponse | None:
+        with self._lock:
+            self.statuses[status] += 1
+        return response
+
+    async def _start(self, port: int) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
+        await site.start()
+        sockets = self._runner.addresses
+        self.base_url = f"http://127.0.0.1:{sockets[0][1]}/v1"
+
+    def start(self, port: int = 0) -> str:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._start(port))
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._loop is None or self._runner is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        assert self._thread is not None
+        self._thread.join(10)
+        self._loop = None
+
+    def __enter__(self) -> FakeOpenAI:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible server (prints its base URL)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    server = FakeOpenAI(latency_s=args.latency)
+    print(server.start(args.port), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
