@@ -3,7 +3,7 @@
 It speaks real HTTP (aiohttp), so the real `openai` client talks to it. Answers are a pure
 function of the request body, so two runs that send the same requests get the same bytes back.
 It can add latency and inject faults, chosen per request by a `faults` callable that sees the
-body's hash and how many times that body was seen before:
+body's hash, how many times that body was seen before, and the parsed body:
 
 - "429": Too Many Requests with a Retry-After header
 - "500": Internal Server Error
@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-Faults = Callable[[str, int], str | None]  # (body hash, attempts before this one) -> fault or None
+Faults = Callable[[str, int, dict], str | None]  # (body hash, earlier attempts, body) -> fault or None
 
 
 def body_hash(body: bytes) -> str:
@@ -64,8 +64,11 @@ class FakeOpenAI:
         self.attempts: Counter[str] = Counter()  # every request, by body hash
         self.successes: Counter[str] = Counter()  # 200 answers with a completion, by body hash
         self.statuses: Counter[str] = Counter()  # "200", "429", "drop", ...
-        self.bodies: dict[str, dict] = {}
+        self.bodies: dict[str, dict] = {}  # successful request bodies, by body hash
         self.headers_seen: list[dict[str, str]] = []
+        self.arrivals: list[tuple[float, str]] = []  # (time.monotonic(), body hash) of every request
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.base_url = ""
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,6 +85,8 @@ class FakeOpenAI:
             self.successes.clear()
             self.statuses.clear()
             self.headers_seen.clear()
+            self.arrivals.clear()
+            self.max_in_flight = 0
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -90,9 +95,20 @@ class FakeOpenAI:
             attempt = self.attempts[key]
             self.attempts[key] += 1
             self.headers_seen.append(dict(request.headers))
+            self.arrivals.append((time.monotonic(), key))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, raw, key, attempt)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: web.Request, raw: bytes, key: str, attempt: int) -> web.StreamResponse:
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._count("401", web.json_response({"error": {"message": "bad key"}}, status=401))
-        fault = self.faults(key, attempt) if self.faults else None
+        body = json.loads(raw)
+        fault = self.faults(key, attempt, body) if self.faults else None
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         if fault == "429":
@@ -112,7 +128,6 @@ class FakeOpenAI:
             return self._count("malformed", web.Response(text='{"id": "x", "choices": [', content_type="application/json"))
         if fault == "no_choices":
             return self._count("no_choices", web.json_response({"id": "x", "object": "chat.completion"}))
-        body = json.loads(raw)
         with self._lock:
             self.bodies[key] = body
         text, prompt_tokens, completion_tokens = answer(body, key)
