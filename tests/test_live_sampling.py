@@ -4,7 +4,6 @@ on what the server saw (request counts per body) and on the files the stage wrot
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -18,23 +17,14 @@ import yaml
 
 from complexitynet.cli import main
 from complexitynet.config import load_params
-from complexitynet.io import write_jsonl
 from complexitynet.providers import make_provider
 from complexitynet.sampling import request_key, worst_case_usd
-from complexitynet.schemas import Problem, task_key
-from complexitynet.schemas import Tests as ProblemTests
 from tests.fake_openai import FakeOpenAI, fraction
+from tests.live_helpers import make_problems, metrics, rows, setup_workdir
 
 REPO = Path(__file__).resolve().parents[1]
 KEY_VAR = "CNET_TEST_API_KEY"
 SECRET = "sk-cnet-SECRET-7f3a9c1e5b2d4f6a8c0e"
-
-
-def make_problems(n: int) -> list[Problem]:
-    return [Problem(task_id=f"MBPP/{i}", dataset="mbpp", split="test", text=f"Problem {i}.",
-                    prompt=f"Write a function f{i} that returns {i} squared.", entry_point=f"f{i}",
-                    tests=ProblemTests(asserts=[f"assert f{i}() == {i * i}"]), reference=f"def f{i}(): return {i * i}\n")
-            for i in range(1, n + 1)]
 
 
 def rung(name: str, base_url: str, price: tuple[float, float] = (1.0, 2.0), **openai: object) -> dict:
@@ -42,16 +32,6 @@ def rung(name: str, base_url: str, price: tuple[float, float] = (1.0, 2.0), **op
              "timeout_s": 5, "params": {"max_tokens": 64, "temperature": 0.2, "seed": 7}}
     block.update(openai)
     return {"name": name, "provider": "openai", "price": {"input": price[0], "output": price[1]}, "openai": block}
-
-
-def setup_workdir(work: Path, ladder: list[dict], n: int = 6, **sample: object) -> None:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["ladders"]["live"] = ladder
-    raw["base"]["ladder"] = "live"
-    raw["sample"].update({"k": 2, **sample})
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    write_jsonl(work / "data/problems.jsonl", make_problems(n), key=lambda p: task_key(p.task_id))
 
 
 @pytest.fixture()
@@ -66,14 +46,6 @@ def work(tmp_path, monkeypatch):
     monkeypatch.setenv(KEY_VAR, SECRET)
     monkeypatch.delenv("CI", raising=False)
     return tmp_path
-
-
-def rows(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
-
-
-def metrics(model: str) -> dict:
-    return json.loads(Path("metrics/sample.json").read_text())["models"][model]
 
 
 def test_two_live_models_write_samples_metrics_and_rerun_from_cache(work, server, caplog):
