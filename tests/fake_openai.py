@@ -10,6 +10,7 @@ body's hash, how many times that body was seen before, and the parsed body:
 - "drop": the connection is closed without a response
 - "slow": the answer comes after `slow_s` (longer than the client's timeout)
 - "malformed": 200 with a body that is not JSON
+- "html": 200 with an HTML page (a proxy's error page, say)
 - "no_choices": 200 with JSON that lacks `choices`
 - "no_usage": a normal answer without `usage`
 
@@ -126,6 +127,8 @@ class FakeOpenAI:
             await asyncio.sleep(self.slow_s)
         if fault == "malformed":
             return self._count("malformed", web.Response(text='{"id": "x", "choices": [', content_type="application/json"))
+        if fault == "html":
+            return self._count("html", web.Response(text="<html>upstream error</html>", content_type="text/html"))
         if fault == "no_choices":
             return self._count("no_choices", web.json_response({"id": "x", "object": "chat.completion"}))
         with self._lock:

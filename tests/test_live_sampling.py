@@ -108,7 +108,7 @@ def test_dropped_connections_slow_answers_and_missing_usage(work):
     assert metrics("m")["run"]["retries"] == 2
 
 
-@pytest.mark.parametrize("fault", ["malformed", "no_choices"])
+@pytest.mark.parametrize("fault", ["malformed", "html", "no_choices"])
 def test_malformed_answer_is_retried_then_reported_with_the_request_key(work, caplog, fault):
     with FakeOpenAI(faults=lambda key, attempt, body: fault if " f3 " in body["messages"][0]["content"] else None) as server:
         setup_workdir(work, [rung("m", server.base_url, max_retries=2)], n=4, k=1)

@@ -8,7 +8,6 @@ ladder names, at the last moment, and is never logged, stored, or put in an erro
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -90,8 +89,11 @@ class OpenAIProvider(LiveProvider):
             import openai
 
             self._key = self._api_key()
-            self._client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._key,
-                                              max_retries=0, timeout=self.cfg.timeout_s)
+            # aiohttp as the client's transport: the openai client's own choice "for improved
+            # concurrency performance"; its default httpx2 pool costs ~1 ms of CPU per request.
+            http = openai.DefaultAioHttpClient(timeout=self.cfg.timeout_s)
+            self._client = openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=self._key, max_retries=0,
+                                              timeout=self.cfg.timeout_s, http_client=http)
         return self._client
 
     async def complete(self, batch: list[Request]) -> list[RawCompletion]:
@@ -101,7 +103,10 @@ class OpenAIProvider(LiveProvider):
         client = self._get_client()
         start = time.perf_counter()
         try:
-            response = await client.chat.completions.create(**self._body(request))
+            # The documented low-level `client.post` keeps the client's transport, auth and error
+            # types but skips the typed layer of `chat.completions.create`, whose param transforms and
+            # model construction cost ~3 ms of CPU per call: half the throughput of a 2-core machine.
+            data = await client.post("/chat/completions", body=self._body(request), cast_to=object)
         except openai.APIStatusError as exc:
             raise self._status_error(exc) from None
         except openai.APITimeoutError:
@@ -109,24 +114,24 @@ class OpenAIProvider(LiveProvider):
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
             raise RetryableError(f"connection error: {self._redact(type(cause).__name__ + ': ' + str(cause))}") from None
-        except (json.JSONDecodeError, openai.APIResponseValidationError) as exc:
+        except ValueError as exc:  # the body is not JSON (a non-JSON content type comes back as a str)
             raise BadResponse(f"malformed response: {self._redact(str(exc))}") from None
         latency = time.perf_counter() - start
-        choices = getattr(response, "choices", None)
-        if not isinstance(choices, list) or not choices:
-            raise BadResponse("malformed response: no `choices`")
-        message = getattr(choices[0], "message", None)
-        content = getattr(message, "content", None)
+        try:
+            choice = data["choices"][0]
+            content = choice["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise BadResponse("malformed response: no `choices[0].message.content`") from None
         if not isinstance(content, str):
             raise BadResponse("malformed response: `choices[0].message.content` is not a string")
-        usage = getattr(response, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None)
-        completion_tokens = getattr(usage, "completion_tokens", None)
+        usage = data.get("usage")  # data is a dict: `choices` was found in it
+        usage = usage if isinstance(usage, dict) else {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
             prompt_tokens = completion_tokens = None  # estimated and flagged downstream
         return [RawCompletion(task_id=request.task_id, trial=request.trial, completion=content,
                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                              latency_s=latency, finish_reason=getattr(choices[0], "finish_reason", None))]
+                              latency_s=latency, finish_reason=choice.get("finish_reason"))]
 
     def _status_error(self, exc: Any) -> Exception:
         status = exc.status_code
@@ -146,3 +151,4 @@ class OpenAIProvider(LiveProvider):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
