@@ -77,6 +77,14 @@ def test_two_live_models_write_samples_metrics_and_rerun_from_cache(work, server
     assert metrics("big")["run"]["cache_hits"] == 18 and "0 requests sent" in caplog.text
 
 
+def test_limit_samples_only_the_first_problems_of_live_models(work, server):
+    setup_workdir(work, [rung("m", server.base_url)], n=12, k=2, limit=3)
+    assert main(["sample"]) == 0
+    assert [(s["task_id"], s["trial"]) for s in rows("data/samples/m.jsonl")] == [
+        (f"MBPP/{i}", t) for i in (1, 2, 3) for t in (0, 1)]
+    assert metrics("m")["missing_tasks"] == 9 and server.requests == 6
+
+
 def test_thirty_percent_429_and_500_complete_with_no_duplicate_success(work):
     def faults(key, attempt, body):
         x = fraction(key, attempt)

@@ -47,14 +47,15 @@ def cmd_sample(params: Params, args: argparse.Namespace) -> None:
     from complexitynet.schemas import Problem
 
     cfg = params.sample
-    problems = {p.task_id: p for p in read_jsonl(args.problems, Problem)[:cfg.limit]}
+    problems = {p.task_id: p for p in read_jsonl(args.problems, Problem)}
     run = sample_ladder(params.ladder, problems, args.sources, args.cache, cfg,
                         progress=sys.stderr.isatty() and not os.environ.get("CI"), seed=params.base.seed)
     write_samples(args.out, run.samples)
     metrics = {name: summarize(samples, problems) for name, samples in run.samples.items()}
     for name, stats in run.live.items():
-        metrics[name].update(run.latency[name], run={"requests_sent": stats.sent, "cache_hits": stats.cached,
-                                                      "retries": stats.retries, "cost_usd": round(stats.spent_usd, 6)})
+        metrics[name].update(run.live_metrics[name], run={
+            "requests_sent": stats.sent, "cache_hits": stats.cached, "retries": stats.retries,
+            "cost_usd": round(stats.spent_usd, 6)})
     write_json(args.metrics, {"ladder": params.ladder_name, "models": metrics})
     for name, m in metrics.items():
         log.info("sample: %-28s %5d samples over %d tasks (%d missing), %d+%d tokens, $%.4f%s", name,
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
     p.add_argument("--sources", type=Path, default=Path("data/sources"))
     p.add_argument("--out", type=Path, default=Path("data/samples"))
-    p.add_argument("--cache", type=Path, default=Path("data/cache/samples"), help="live answers, by request key")
+    p.add_argument("--cache", type=Path, default=Path("data/cache/samples"),
+                   help="live answers, by request key (see README, Live models)")
     p.add_argument("--metrics", type=Path, default=Path("metrics/sample.json"))
     p.set_defaults(func=cmd_sample)
 

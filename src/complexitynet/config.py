@@ -74,8 +74,8 @@ class Sample(Section):
     # recorded GPT-3.5 HumanEval completions (cl100k tokenizer) in this repository's data.
     chars_per_token: float = Field(3.4, gt=0)
     k: int = Field(5, ge=1)  # trials per (prompt, model) for live providers; recorded ones bring their own
-    budget_usd: float | None = Field(None, gt=0)  # cap on what one run may spend on live requests; None = none
-    limit: int | None = Field(None, ge=1)  # only the first N problems by task id (smoke runs); None = all
+    budget_usd: float | None = Field(None, gt=0)  # what one run may spend on live requests; None = no cap
+    limit: int | None = Field(None, ge=1)  # live models: only the first N problems (smoke runs); None = all
 
 
 class ExecuteLimits(Section):

@@ -92,7 +92,7 @@ class LadderRun:
 
     samples: dict[str, list[Sample]]
     live: dict[str, ModelStats] = field(default_factory=dict)
-    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    live_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # latency, truncations
 
 
 def sample_ladder(ladder: list[ModelSpec], problems: dict[str, Problem], sources_dir: Path, cache_dir: Path,
@@ -100,40 +100,40 @@ def sample_ladder(ladder: list[ModelSpec], problems: dict[str, Problem], sources
     """Samples of every model of the ladder for `problems`.
 
     Every provider is checked (e.g. that its API-key variable is set) before any request is sent.
-    Live models run concurrently through the sampling engine; their answers are cached in
+    Live models sample `cfg.k` trials of the first `cfg.limit` problems (all when None), all models
+    concurrently through the sampling engine; their answers are cached in
     `cache_dir/<model>.jsonl`. Raises BudgetExceeded or SamplingFailed (after the run, with every
     finished request cached) when not every sample could be had.
     """
     providers = {m.name: make_provider(m, sources_dir) for m in ladder}
     for provider in providers.values():
         provider.check()
-    run = LadderRun(samples={})
+    run = LadderRun(samples={m.name: sample_recorded(m, problems, sources_dir, cfg.chars_per_token)
+                             for m in ladder if not m.live})
     live = [m for m in ladder if m.live]
-    for model in ladder:
-        if not model.live:
-            run.samples[model.name] = sample_recorded(model, problems, sources_dir, cfg.chars_per_token)
     if not live:
         return run
     budget = Budget(cfg.budget_usd)
+    selected = {t: problems[t] for t in sorted(problems, key=task_key)[:cfg.limit]}
     with open_caches(cache_dir, [m.name for m in live]) as caches:
         jobs = []
         for spec in live:
             provider = providers[spec.name]
             assert isinstance(provider, LiveProvider)
-            jobs.append(LiveModel(spec.name, provider, spec.price, provider.requests(problems, cfg.k), caches[spec.name]))
+            jobs.append(LiveModel(spec.name, provider, spec.price, provider.requests(selected, cfg.k),
+                                  caches[spec.name]))
         asyncio.run(run_live(jobs, budget, cfg.chars_per_token, progress, seed))
-        for job, spec in zip(jobs, live):
-            run.live[spec.name] = job.stats
-            records = job.cache.records
-            run.latency[spec.name] = latency_summary([records[k] for k in sorted(set(job.keys.values())) if k in records])
-            if not (job.stats.failures or job.stats.unsent):
-                run.samples[spec.name] = [_live_sample(records[job.keys[r.task_id, r.trial]], r.task_id, r.trial,
-                                                       spec, problems[r.task_id], cfg.chars_per_token)
-                                          for r in job.requests]
-    for name, stats in run.live.items():
+    for job in jobs:
+        run.live[job.name] = job.stats
         log.info("sample: %-28s %d requests sent (%d retries), %d from the cache, $%.4f spent in this run",
-                 name, stats.sent, stats.retries, stats.cached, stats.spent_usd)
+                 job.name, job.stats.sent, job.stats.retries, job.stats.cached, job.stats.spent_usd)
     _raise_if_incomplete(run, budget, cache_dir)
+    for job, spec in zip(jobs, live):
+        records = [job.cache.records[job.keys[r.task_id, r.trial]] for r in job.requests]
+        run.live_metrics[job.name] = latency_summary(list({r["key"]: r for r in records}.values()))
+        run.samples[job.name] = [
+            _live_sample(record, r.task_id, r.trial, spec, problems[r.task_id], cfg.chars_per_token)
+            for record, r in zip(records, job.requests)]
     return run
 
 

@@ -57,8 +57,9 @@ class HFLocalProvider(LiveProvider):
         else:
             assert self.cfg.model is not None
             location = self.cfg.model
-        if self.cfg.gguf_file and Path(location).is_dir() and not (Path(location) / self.cfg.gguf_file).is_file():
-            found = sorted(p.name for p in Path(location).glob("*.gguf"))
+        folder = Path(location)
+        if self.cfg.gguf_file and folder.is_dir() and not (folder / self.cfg.gguf_file).is_file():
+            found = sorted(p.name for p in folder.glob("*.gguf"))
             raise ConfigError(f"{where}: no GGUF file '{self.cfg.gguf_file}' in {location}; found: {found}")
         return location
 
@@ -67,7 +68,8 @@ class HFLocalProvider(LiveProvider):
         needed = ["torch", "transformers"] + (["gguf"] if self.cfg.gguf_file else [])
         missing = [name for name in needed if importlib.util.find_spec(name) is None]
         if missing:
-            raise ConfigError(f"model '{self.spec.name}' (hf-local) needs {missing}: pip install {' '.join(missing)}")
+            raise ConfigError(f"model '{self.spec.name}' (hf-local) needs {missing}: "
+                              f"pip install {' '.join(missing)}")
 
     def _load(self) -> None:
         import torch
@@ -113,7 +115,7 @@ class HFLocalProvider(LiveProvider):
             if p.seed is not None:
                 torch.manual_seed(p.seed + batch[0].trial)
         else:
-            options.update(temperature=None, top_p=None, top_k=None)  # greedy: drop the model's sampling defaults
+            options.update(temperature=None, top_p=None, top_k=None)  # greedy: no sampling defaults
         if p.stop:
             options.update(stop_strings=p.stop, tokenizer=tok)
         start = time.perf_counter()

@@ -113,7 +113,8 @@ class OpenAIProvider(LiveProvider):
             raise RetryableError(f"timed out (client timeout {self.cfg.timeout_s:g} s)") from None
         except openai.APIConnectionError as exc:
             cause = exc.__cause__ or exc
-            raise RetryableError(f"connection error: {self._redact(type(cause).__name__ + ': ' + str(cause))}") from None
+            why = self._redact(f"{type(cause).__name__}: {cause}")
+            raise RetryableError(f"connection error: {why}") from None
         except ValueError as exc:  # the body is not JSON (a non-JSON content type comes back as a str)
             raise BadResponse(f"malformed response: {self._redact(str(exc))}") from None
         latency = time.perf_counter() - start
