@@ -242,8 +242,7 @@ async def _call(model: LiveModel, batch: list[tuple[str, Request]], pacer: Pacer
         stats.in_flight += len(batch)
         progress.update()
         try:
-            timeout = provider.timeout_s
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(provider.timeout_s):
                 raws = await provider.complete(requests)
             if len(raws) != len(batch):
                 raise RetryableError(f"provider returned {len(raws)} completions for {len(batch)} requests")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from complexitynet.errors import ConfigError
-from complexitynet.providers.base import LiveProvider, RawCompletion, Request
+from complexitynet.providers.base import LiveProvider, ProviderError, RawCompletion, Request
 
 if TYPE_CHECKING:
     from complexitynet.config import ModelSpec, RequestParams
@@ -82,12 +82,15 @@ class HFLocalProvider(LiveProvider):
             raise ConfigError(f"model '{self.spec.name}': `hf_local.device: cuda` but torch sees no GPU")
         location = self.weights()
         kwargs: dict[str, Any] = {"gguf_file": self.cfg.gguf_file} if self.cfg.gguf_file else {}
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs).to(device)
+        except (OSError, ValueError) as exc:  # missing files, no network for a hub id, unknown format
+            raise ProviderError(f"model '{self.spec.name}': could not load {location}: {exc}") from None
         tokenizer.padding_side = "left"  # decoder-only: pad on the left so generation continues the prompt
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs).to(device)
         model.eval()
         self._tokenizer, self._model, self.device = tokenizer, model, device
 
