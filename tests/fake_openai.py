@@ -15,7 +15,9 @@ body's hash, how many times that body was seen before, and the parsed body:
 - "no_usage": a normal answer without `usage`
 
 It counts requests: every attempt and every successful answer per body hash, so tests can assert
-that no request succeeded twice. Run it in a thread (`with FakeOpenAI() as server:`) or as its own
+that no request succeeded twice. It also serves the Batch API (file upload, batch create, retrieve,
+list, file content): a batch completes `batch_delay_s` after it was created, each line answered
+like a live request (faults included: a failed line lands in the error file). Run it in a thread (`with FakeOpenAI() as server:`) or as its own
 process (`python -m tests.fake_openai --latency 0.2`, which prints its base URL), so that a
 benchmark does not share a GIL with the client it measures.
 """
@@ -56,12 +58,16 @@ class FakeOpenAI:
     """The server; `base_url` is valid between start() and stop() (or inside `with`)."""
 
     def __init__(self, latency_s: float = 0.0, faults: Faults | None = None, retry_after: str = "0.05",
-                 slow_s: float = 5.0, api_key: str | None = None) -> None:
+                 slow_s: float = 5.0, api_key: str | None = None, batch_delay_s: float = 0.2) -> None:
         self.latency_s = latency_s
         self.faults = faults
         self.retry_after = retry_after
         self.slow_s = slow_s
         self.api_key = api_key
+        self.batch_delay_s = batch_delay_s
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_polls = 0
         self.attempts: Counter[str] = Counter()  # every request, by body hash
         self.successes: Counter[str] = Counter()  # 200 answers with a completion, by body hash
         self.statuses: Counter[str] = Counter()  # "200", "429", "drop", ...
@@ -146,6 +152,87 @@ class FakeOpenAI:
             self.successes[key] += 1
         return self._count("200", web.json_response(payload))
 
+    def _authorised(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        form = await request.post()
+        data = form["file"].file.read()  # type: ignore[union-attr]
+        with self._lock:
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = data
+        return web.json_response({"id": file_id, "object": "file", "bytes": len(data), "created_at": 0,
+                                  "filename": "batch.jsonl", "purpose": form["purpose"], "status": "processed"})
+
+    async def _create_batch(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        with self._lock:
+            batch_id = f"batch_{len(self.batches) + 1}"
+            self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": body["endpoint"], "completion_window": "24h",
+                "input_file_id": body["input_file_id"], "status": "in_progress", "created_at": int(time.time()),
+                "metadata": body.get("metadata"), "ready_at": time.monotonic() + self.batch_delay_s,
+            }
+        return web.json_response(self._public(self.batches[batch_id]))
+
+    def _public(self, batch: dict) -> dict:
+        return {k: v for k, v in batch.items() if k != "ready_at"}
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["batch_id"])
+        if batch is None:
+            return web.json_response({"error": {"message": "no such batch"}}, status=404)
+        with self._lock:
+            self.batch_polls += 1
+        if batch["status"] == "in_progress" and time.monotonic() >= batch["ready_at"]:
+            self._run_batch(batch)
+        return web.json_response(self._public(batch))
+
+    async def _list_batches(self, request: web.Request) -> web.Response:
+        data = [self._public(b) for b in reversed(self.batches.values())]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
+
+    def _run_batch(self, batch: dict) -> None:
+        out, errors = [], []
+        for line in self.files[batch["input_file_id"]].decode().splitlines():
+            item = json.loads(line)
+            raw = json.dumps(item["body"]).encode()
+            key = body_hash(raw)
+            with self._lock:
+                attempt = self.attempts[key]
+                self.attempts[key] += 1
+            fault = self.faults(key, attempt, item["body"]) if self.faults else None
+            if fault:
+                errors.append({"id": f"req-{key}", "custom_id": item["custom_id"], "error": None,
+                               "response": {"status_code": 500, "body": {"error": {"message": fault}}}})
+                continue
+            text, prompt_tokens, completion_tokens = answer(item["body"], key)
+            with self._lock:
+                self.successes[key] += 1
+                self.bodies[key] = item["body"]
+            out.append({"id": f"req-{key}", "custom_id": item["custom_id"], "error": None, "response": {
+                "status_code": 200, "body": {
+                    "id": f"chatcmpl-{key}", "object": "chat.completion", "model": item["body"]["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}}})
+        for name, rows in (("output_file_id", out), ("error_file_id", errors)):
+            if rows:
+                with self._lock:
+                    file_id = f"file-{len(self.files) + 1}"
+                    self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                batch[name] = file_id
+        batch["status"] = "completed"
+        batch["request_counts"] = {"total": len(out) + len(errors), "completed": len(out), "failed": len(errors)}
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        data = self.files.get(request.match_info["file_id"])
+        if data is None:
+            return web.json_response({"error": {"message": "no such file"}}, status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
     def _count(self, status: str, response: web.StreamResponse | None) -> web.StreamResponse | None:
         with self._lock:
             self.statuses[status] += 1
@@ -154,6 +241,11 @@ class FakeOpenAI:
     async def _start(self, port: int) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{file_id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._create_batch)
+        app.router.add_get("/v1/batches", self._list_batches)
+        app.router.add_get("/v1/batches/{batch_id}", self._get_batch)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)

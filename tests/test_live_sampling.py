@@ -254,3 +254,79 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical_to_an_uninterrupted_run(tm
                 assert len(keys) == len(set(keys)) == total  # no duplicate, no torn record
             outputs[name] = (work / "data/samples/m.jsonl").read_bytes()
     assert outputs["killed"] == outputs["straight"]
+
+
+def batch_rung(base_url: str, **openai: object) -> dict:
+    return rung("m", base_url, **{"batch": True, "batch_poll_s": 0.05, **openai})
+
+
+def test_batch_api_mode_submits_once_and_reruns_from_the_cache(work):
+    with FakeOpenAI(batch_delay_s=0.2) as server:
+        setup_workdir(work, [batch_rung(server.base_url)], n=5, k=2)
+        assert main(["sample"]) == 0
+        assert len(server.batches) == 1 and server.statuses["200"] == 0  # nothing went to /chat/completions
+        assert len(server.successes) == 10 and set(server.successes.values()) == {1}
+        samples = rows("data/samples/m.jsonl")
+        assert len(samples) == 10 and all(s["source"] == "live" and not s["tokens_estimated"] for s in samples)
+        assert metrics("m")["run"]["requests_sent"] == 10
+        assert main(["sample"]) == 0
+        assert len(server.batches) == 1 and metrics("m")["run"]["cache_hits"] == 10
+
+
+def test_batch_failures_are_reported_then_only_they_are_resubmitted(work, caplog):
+    def faults(key, attempt, body):
+        return "500" if attempt == 0 and " f2 " in body["messages"][0]["content"] else None
+
+    with FakeOpenAI(faults=faults) as server:
+        setup_workdir(work, [batch_rung(server.base_url)], n=3, k=2)
+        assert main(["sample"]) == 2
+        assert "2 requests failed" in caplog.text and "task MBPP/2, trial 0): batch batch_1: HTTP 500" in caplog.text
+        assert len(rows("data/cache/samples/m.jsonl")) == 4
+        assert main(["sample"]) == 0
+        assert len(server.batches) == 2 and server.batches["batch_2"]["request_counts"]["total"] == 2
+        assert len(rows("data/samples/m.jsonl")) == 6
+
+
+def test_batch_created_but_not_journaled_is_found_not_resubmitted(work):
+    """A run killed between creating a batch and journaling it: the rerun finds it by its input file."""
+    import asyncio
+
+    from complexitynet.providers.openai_compat import BatchJournal
+
+    with FakeOpenAI() as server:
+        setup_workdir(work, [batch_rung(server.base_url)], n=3, k=1)
+        spec = load_params("params.yaml").ladder[0]
+        provider = make_provider(spec, Path("data/sources"))
+        problems = {p.task_id: p for p in make_problems(3)}
+        items = [(request_key("m", provider.identity(), r.prompt, r.trial), r) for r in provider.requests(problems, 1)]
+        journal_path = Path("data/cache/samples/m.batches.jsonl")
+
+        async def submit() -> None:
+            try:
+                await provider.submit_batch(items, BatchJournal(journal_path))
+            finally:
+                await provider.aclose()
+
+        asyncio.run(submit())
+        journal_path.write_text(journal_path.read_text().splitlines()[0] + "\n")  # lose the "batch" line
+        assert main(["sample"]) == 0
+        assert len(server.batches) == 1 and len(rows("data/samples/m.jsonl")) == 3
+
+
+def test_batch_run_killed_while_pending_resumes_without_resubmitting(tmp_path):
+    env = {**os.environ, KEY_VAR: SECRET, "PYTHONPATH": str(REPO / "src")}
+    cli = [sys.executable, "-m", "complexitynet", "sample"]
+    with FakeOpenAI(batch_delay_s=3.0) as server:
+        setup_workdir(tmp_path, [batch_rung(server.base_url, batch_poll_s=0.1)], n=4, k=2)
+        journal = tmp_path / "data/cache/samples/m.batches.jsonl"
+        proc = subprocess.Popen(cli, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not journal.exists() or '"batch"' not in journal.read_text()):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(server.batches) == 1 and not (tmp_path / "data/samples").exists()
+        out = subprocess.run(cli, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert len(server.batches) == 1 and len(server.successes) == 8 and set(server.successes.values()) == {1}
+        assert len(rows(tmp_path / "data/samples/m.jsonl")) == 8

@@ -137,6 +137,10 @@ class OpenAISpec(Section):
     timeout_s: float = Field(120.0, gt=0)  # wall clock of one request
     max_retries: int = Field(8, ge=0)  # on 429, 5xx, timeouts, dropped connections, malformed answers
     backoff_s: float = Field(1.0, gt=0)  # first retry delay; doubles each retry (jittered, capped at 60 s)
+    # Submit through the Batch API instead (OpenAI: half the price, answers within 24 h): set
+    # `price` to the batch price. Submitted batches are journaled, so a rerun collects, never resubmits.
+    batch: bool = False
+    batch_poll_s: float = Field(30.0, gt=0)  # how often a pending batch is polled
 
 
 class HFLocalSpec(Section):

@@ -266,9 +266,7 @@ async def _call(model: LiveModel, batch: list[tuple[str, Request]], pacer: Pacer
         log.debug("sample: %s %s#%d: %s; retry %d", model.name, requests[0].task_id, requests[0].trial,
                   reason, attempt + 1)
         await asyncio.sleep(backoff_s(attempt, provider.backoff_s, retry_after, rng))
-    for key, request in batch:
-        stats.failures.append(f"request {key} (model '{model.name}', task {request.task_id}, "
-                              f"trial {request.trial}): {reason}")
+    stats.failures.extend(_failure(model.name, key, request, reason) for key, request in batch)
     return None
 
 
@@ -295,27 +293,99 @@ async def _run_model(model: LiveModel, todo: list[tuple[str, Request]], budget: 
             try:
                 raws = await _call(model, batch, pacer, rng, progress)
                 for (key, request), raw in zip(batch, raws or []):
-                    prompt_tokens = raw.prompt_tokens
-                    if prompt_tokens is None:
-                        prompt_tokens = estimate_tokens(request.prompt, chars_per_token)
-                    completion_tokens = raw.completion_tokens
-                    if completion_tokens is None:
-                        completion_tokens = estimate_tokens(raw.completion, chars_per_token)
-                    actual += cost_usd(model.price, prompt_tokens, completion_tokens)
-                    stats.tokens += prompt_tokens + completion_tokens
-                    model.cache.add({
-                        "key": key, "model": model.name, "task_id": request.task_id, "trial": request.trial,
-                        "completion": raw.completion, "prompt_tokens": raw.prompt_tokens,
-                        "completion_tokens": raw.completion_tokens, "finish_reason": raw.finish_reason,
-                        "latency_s": None if raw.latency_s is None else round(raw.latency_s, 4),
-                    })
-                    stats.sent += 1
+                    actual += _account(model, request, raw, chars_per_token)
+                    model.cache.add(_record(model.name, key, request, raw))
             finally:
                 budget.settle(worst, actual)
                 stats.spent_usd += actual
             progress.update(len(batch))
 
     await asyncio.gather(*(worker() for _ in range(provider.concurrency)))
+
+
+BATCH_MAX_REQUESTS = 50_000  # the Batch API's limit per input file
+
+
+async def _run_batch_model(model: LiveModel, todo: list[tuple[str, Request]], budget: Budget,
+                           chars_per_token: float, progress: Progress) -> None:
+    """Batch API mode: collect batches an earlier run submitted, submit the rest, wait for all."""
+    from complexitynet.providers.openai_compat import BatchJournal, OpenAIProvider
+
+    provider, stats = model.provider, model.stats
+    assert isinstance(provider, OpenAIProvider)
+    journal = BatchJournal(model.cache.path.with_name(f"{model.name}.batches.jsonl"))
+    requests = dict(todo)
+    files = list(journal.pending())  # input files of batches submitted earlier, not yet collected
+    submitted = {key for f in files for key in journal.files[f]}
+    fresh: list[tuple[str, Request]] = []
+    reserved = 0.0
+    for key, request in todo:
+        if key in submitted:
+            continue
+        worst = worst_case_usd(model.price, request.prompt, provider.params.max_tokens)
+        if not budget.reserve(worst):
+            budget.refused = budget.refused or (
+                f"the next request to '{model.name}' ({request.task_id} trial {request.trial}) could cost up "
+                f"to ${worst:.4f}")
+            stats.unsent = sum(k not in submitted for k, _ in todo) - len(fresh)
+            break
+        reserved += worst
+        fresh.append((key, request))
+
+    async def collect(file_id: str) -> None:
+        nonlocal actual
+        batch_id = journal.batch_of[file_id]
+        mine = {k: requests[k] for k in journal.files[file_id] if k in requests}
+        done, failed = await provider.collect_batch(batch_id, mine)
+        for key, raw in sorted(done.items()):
+            actual += _account(model, requests[key], raw, chars_per_token)
+            model.cache.add(_record(model.name, key, requests[key], raw))
+        for key, reason in sorted(failed.items()):
+            stats.failures.append(_failure(model.name, key, requests[key], reason))
+        model.cache.sync()
+        journal.finished(batch_id)
+        stats.in_flight -= len(mine)
+        progress.update(len(mine))
+
+    actual = 0.0
+    try:
+        for f in files:
+            if journal.batch_of.get(f) is None:  # killed between upload and create: find or create it
+                await provider.resume_batch(f, journal)
+        for start in range(0, len(fresh), BATCH_MAX_REQUESTS):
+            files.append(await provider.submit_batch(fresh[start:start + BATCH_MAX_REQUESTS], journal))
+        stats.in_flight = sum(k in requests for f in files for k in journal.files[f])
+        progress.update()
+        await asyncio.gather(*(collect(f) for f in files))
+    finally:
+        stats.in_flight = 0
+        budget.settle(reserved, actual)
+        stats.spent_usd += actual
+
+
+def _account(model: LiveModel, request: Request, raw: RawCompletion, chars_per_token: float) -> float:
+    """Count one answer's tokens in the model's stats; its cost (estimated where usage was missing)."""
+    prompt_tokens = raw.prompt_tokens
+    if prompt_tokens is None:
+        prompt_tokens = estimate_tokens(request.prompt, chars_per_token)
+    completion_tokens = raw.completion_tokens
+    if completion_tokens is None:
+        completion_tokens = estimate_tokens(raw.completion, chars_per_token)
+    model.stats.tokens += prompt_tokens + completion_tokens
+    model.stats.sent += 1
+    return cost_usd(model.price, prompt_tokens, completion_tokens)
+
+
+def _failure(model: str, key: str, request: Request, reason: str) -> str:
+    return f"request {key} (model '{model}', task {request.task_id}, trial {request.trial}): {reason}"
+
+
+def _record(model: str, key: str, request: Request, raw: RawCompletion) -> dict[str, Any]:
+    """One sample-cache line: the answer to one request (its latency is that of its first answer)."""
+    return {"key": key, "model": model, "task_id": request.task_id, "trial": request.trial,
+            "completion": raw.completion, "prompt_tokens": raw.prompt_tokens,
+            "completion_tokens": raw.completion_tokens, "finish_reason": raw.finish_reason,
+            "latency_s": None if raw.latency_s is None else round(raw.latency_s, 4)}
 
 
 async def _syncer(caches: list[SampleCache], stop: asyncio.Event) -> None:
@@ -342,7 +412,10 @@ async def run_live(models: list[LiveModel], budget: Budget, chars_per_token: flo
     try:
         async with asyncio.TaskGroup() as group:
             for m in models:
-                group.create_task(_run_model(m, todos[m.name], budget, chars_per_token, bar, rng))
+                if m.provider.batch_api:
+                    group.create_task(_run_batch_model(m, todos[m.name], budget, chars_per_token, bar))
+                else:
+                    group.create_task(_run_model(m, todos[m.name], budget, chars_per_token, bar, rng))
     except* ComplexityNetError as errors:
         raise errors.exceptions[0] from None
     finally:

@@ -101,6 +101,7 @@ class LiveProvider(Provider):
     timeout_s: float | None = None  # wall clock of one call
     max_retries: int = 0
     backoff_s: float = 1.0  # first retry delay, doubled per retry
+    batch_api: bool = False  # True: the engine submits through `submit_batch` / `collect_batch` instead
 
     @property
     @abstractmethod

@@ -8,6 +8,8 @@ ladder names, at the last moment, and is never logged, stored, or put in an erro
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from complexitynet.providers.base import (
 if TYPE_CHECKING:
     from complexitynet.config import ModelSpec, RequestParams
 
+BATCH_ENDED = {"completed", "failed", "expired", "cancelled"}
 NO_KEY = "not-needed"  # what the client sends to endpoints that take no key (api_key_env: null)
 RETRY_STATUSES = {408, 409, 429}  # and every 5xx, as the openai client itself would retry
 
@@ -42,6 +45,7 @@ class OpenAIProvider(LiveProvider):
         self.timeout_s = self.cfg.timeout_s
         self.max_retries = self.cfg.max_retries
         self.backoff_s = self.cfg.backoff_s
+        self.batch_api = self.cfg.batch
         self._client: Any = None
         self._key: str | None = None
 
@@ -118,22 +122,70 @@ class OpenAIProvider(LiveProvider):
             raise RetryableError(f"connection error: {why}") from None
         except ValueError as exc:  # the body is not JSON (a non-JSON content type comes back as a str)
             raise BadResponse(f"malformed response: {self._redact(str(exc))}") from None
-        latency = time.perf_counter() - start
-        try:
-            choice = data["choices"][0]
-            content = choice["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise BadResponse("malformed response: no `choices[0].message.content`") from None
-        if not isinstance(content, str):
-            raise BadResponse("malformed response: `choices[0].message.content` is not a string")
-        usage = data.get("usage")  # data is a dict: `choices` was found in it
-        usage = usage if isinstance(usage, dict) else {}
-        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
-            prompt_tokens = completion_tokens = None  # estimated and flagged downstream
-        return [RawCompletion(task_id=request.task_id, trial=request.trial, completion=content,
-                              prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                              latency_s=latency, finish_reason=choice.get("finish_reason"))]
+        return [parse_completion(data, request, time.perf_counter() - start)]
+
+    async def submit_batch(self, items: list[tuple[str, Request]], journal: BatchJournal) -> str:
+        """Upload `items` as one Batch API input file and create the batch; returns the file's id.
+
+        The input file is journaled before the batch is created, so a run killed in between finds
+        the batch (by its input file) instead of creating a second one.
+        """
+        client = self._get_client()
+        lines = [json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
+                             "body": self._body(request)}) for key, request in items]
+        upload = await client.files.create(file=("requests.jsonl", ("\n".join(lines) + "\n").encode()),
+                                           purpose="batch")
+        journal.submitting(upload.id, [key for key, _ in items])
+        await self._create_batch(upload.id, journal)
+        return upload.id
+
+    async def _create_batch(self, file_id: str, journal: BatchJournal) -> str:
+        batch = await self._get_client().batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+            metadata={"complexitynet_model": self.spec.name})
+        journal.submitted(file_id, batch.id)
+        return batch.id
+
+    async def resume_batch(self, file_id: str, journal: BatchJournal) -> str:
+        """The batch made from an input file journaled by an interrupted run (created if it never was)."""
+        async for batch in self._get_client().batches.list(limit=100):
+            if batch.input_file_id == file_id:
+                journal.submitted(file_id, batch.id)
+                return batch.id
+        return await self._create_batch(file_id, journal)
+
+    async def collect_batch(self, batch_id: str, requests: dict[str, Request]
+                            ) -> tuple[dict[str, RawCompletion], dict[str, str]]:
+        """Wait for a batch to end; the completions and failures (with a reason) of `requests`, by key.
+        Keys of the batch that are not in `requests` (already in the cache) are ignored."""
+        client = self._get_client()
+        while True:
+            batch = await client.batches.retrieve(batch_id)
+            if batch.status in BATCH_ENDED:
+                break
+            await asyncio.sleep(self.cfg.batch_poll_s)
+        done: dict[str, RawCompletion] = {}
+        failed: dict[str, str] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            content = await client.files.content(file_id)
+            for line in content.text.splitlines():
+                row = json.loads(line)
+                key = row.get("custom_id")
+                if key not in requests:
+                    continue
+                response = row.get("response") or {}
+                try:
+                    if response.get("status_code") != 200:
+                        raise BadResponse(f"HTTP {response.get('status_code')}: "
+                                          f"{self._redact(json.dumps(row.get('error') or response.get('body')))}")
+                    done[key] = parse_completion(response.get("body"), requests[key], None)
+                except BadResponse as exc:
+                    failed[key] = f"batch {batch_id}: {exc}"
+        for key in requests.keys() - done.keys() - failed.keys():
+            failed[key] = f"batch {batch_id} ended '{batch.status}' without an answer"
+        return done, failed
 
     def _status_error(self, exc: Any) -> Exception:
         status = exc.status_code
@@ -154,3 +206,72 @@ class OpenAIProvider(LiveProvider):
             await self._client.close()
             self._client = None
 
+
+def parse_completion(data: Any, request: Request, latency_s: float | None) -> RawCompletion:
+    """A Chat Completions response body as a RawCompletion; BadResponse when it has no completion."""
+    try:
+        choice = data["choices"][0]
+        content = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise BadResponse("malformed response: no `choices[0].message.content`") from None
+    if not isinstance(content, str):
+        raise BadResponse("malformed response: `choices[0].message.content` is not a string")
+    usage = data.get("usage")  # data is a dict: `choices` was found in it
+    usage = usage if isinstance(usage, dict) else {}
+    prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+        prompt_tokens = completion_tokens = None  # estimated and flagged downstream
+    return RawCompletion(task_id=request.task_id, trial=request.trial, completion=content,
+                         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         latency_s=latency_s, finish_reason=choice.get("finish_reason"))
+
+
+class BatchJournal:
+    """Batches submitted for one model, appended to `<cache>/<model>.batches.jsonl`.
+
+    Lines: {"file", "keys"} once the input file is uploaded, {"file", "batch"} once the batch is
+    created, {"batch", "done": true} once its answers are in the sample cache. A rerun collects the
+    batches that are not done instead of submitting their requests again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, list[str]] = {}  # input file id -> request keys
+        self.batch_of: dict[str, str] = {}  # input file id -> batch id
+        self.done: set[str] = set()
+        if path.exists():
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):  # a torn last line: that step is redone (looked up, not resubmitted)
+                os.truncate(path, end)
+            for line in data[:end].decode("utf-8").splitlines():
+                row = json.loads(line)
+                if "keys" in row:
+                    self.files[row["file"]] = row["keys"]
+                elif "done" in row:
+                    self.done.add(row["batch"])
+                else:
+                    self.batch_of[row["file"]] = row["batch"]
+
+    def pending(self) -> dict[str, str | None]:
+        """Input file id -> batch id (None: created in no journaled step) of batches not yet collected."""
+        return {f: self.batch_of.get(f) for f in self.files if self.batch_of.get(f) not in self.done}
+
+    def _append(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def submitting(self, file_id: str, keys: list[str]) -> None:
+        self.files[file_id] = keys
+        self._append({"file": file_id, "keys": keys})
+
+    def submitted(self, file_id: str, batch_id: str) -> None:
+        self.batch_of[file_id] = batch_id
+        self._append({"file": file_id, "batch": batch_id})
+
+    def finished(self, batch_id: str) -> None:
+        self.done.add(batch_id)
+        self._append({"batch": batch_id, "done": True})
