@@ -9,6 +9,8 @@ call at its worst case (prompt bound + max_tokens), so the run stops before exce
 Every answer is appended to a content-addressed log, data/cache/samples/<model>.jsonl, the moment
 it arrives (one write() per record; fsync batched in a thread). A SIGKILL at any moment loses
 nothing that was written, a rerun sends only what is missing, and a torn last line is dropped.
+Models in Batch API mode submit their requests as batches instead, journaled so that a rerun
+collects a pending batch rather than submitting it again.
 """
 
 from __future__ import annotations
