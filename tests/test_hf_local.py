@@ -3,12 +3,16 @@ in process through transformers, on two prompts. Slow (~1 min on 2 CPU cores, mo
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
 from complexitynet.cli import main
+from complexitynet.config import ModelSpec
+from complexitynet.providers.base import ProviderError, Request
+from complexitynet.providers.hf_local import HFLocalProvider
 from tests.live_helpers import metrics, rows, setup_workdir
 
 pytestmark = pytest.mark.slow
@@ -36,3 +40,10 @@ def test_smollm2_generates_live_samples_then_reruns_from_the_cache(tmp_path, mon
     assert time.monotonic() - start < 10  # answered from the cache: the model is never loaded
     assert metrics("smollm2-135m")["run"] == {"requests_sent": 0, "cache_hits": 2, "retries": 0, "cost_usd": 0.0}
     assert Path("data/samples/smollm2-135m.jsonl").read_bytes() == first
+
+
+def test_hf_local_unloadable_weights_stop_the_run_naming_the_model(tmp_path):
+    spec = ModelSpec.model_validate({"name": "broken", "provider": "hf-local", "price": {"input": 0, "output": 0},
+                                     "hf_local": {"model": str(tmp_path), "device": "cpu"}})
+    with pytest.raises(ProviderError, match=f"model 'broken': could not load {tmp_path}"):
+        asyncio.run(HFLocalProvider(spec, tmp_path).complete([Request("MBPP/1", 0, "hi")]))

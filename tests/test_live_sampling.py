@@ -107,7 +107,7 @@ def test_dropped_connections_slow_answers_and_missing_usage(work):
             return {"f1": "drop", "f2": "slow", "f3": "no_usage"}.get(task)
         return None
 
-    with FakeOpenAI(faults=faults, slow_s=3.0) as server:
+    with FakeOpenAI(faults=faults, slow_s=1.0) as server:
         setup_workdir(work, [rung("m", server.base_url, timeout_s=0.5)], n=4, k=1)
         assert main(["sample"]) == 0
     assert server.statuses["drop"] == 1 and server.requests == 4 + 2  # the drop and the slow one retried
@@ -226,6 +226,7 @@ def test_progress_bar_shows_in_flight_retries_tokens_cost_and_is_quiet_in_ci(wor
     assert "sample: 100%" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_is_byte_identical_to_an_uninterrupted_run(tmp_path):
     env = {**os.environ, KEY_VAR: SECRET, "PYTHONPATH": str(REPO / "src")}
     cli = [sys.executable, "-m", "complexitynet", "sample"]
@@ -313,6 +314,7 @@ def test_batch_created_but_not_journaled_is_found_not_resubmitted(work):
         assert len(server.batches) == 1 and len(rows("data/samples/m.jsonl")) == 3
 
 
+@pytest.mark.slow
 def test_batch_run_killed_while_pending_resumes_without_resubmitting(tmp_path):
     env = {**os.environ, KEY_VAR: SECRET, "PYTHONPATH": str(REPO / "src")}
     cli = [sys.executable, "-m", "complexitynet", "sample"]
