@@ -68,6 +68,7 @@ class FakeOpenAI:
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self.batch_polls = 0
+        self.batch_poll_failures = 0  # the next N polls of a batch answer 500
         self.attempts: Counter[str] = Counter()  # every request, by body hash
         self.successes: Counter[str] = Counter()  # 200 answers with a completion, by body hash
         self.statuses: Counter[str] = Counter()  # "200", "429", "drop", ...
@@ -186,6 +187,9 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": "no such batch"}}, status=404)
         with self._lock:
             self.batch_polls += 1
+            if self.batch_poll_failures:
+                self.batch_poll_failures -= 1
+                return web.json_response({"error": {"message": "try again"}}, status=503)
         if batch["status"] == "in_progress" and time.monotonic() >= batch["ready_at"]:
             self._run_batch(batch)
         return web.json_response(self._public(batch))

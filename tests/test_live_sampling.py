@@ -261,10 +261,12 @@ def batch_rung(base_url: str, **openai: object) -> dict:
     return rung("m", base_url, **{"batch": True, "batch_poll_s": 0.05, **openai})
 
 
-def test_batch_api_mode_submits_once_and_reruns_from_the_cache(work):
+def test_batch_api_mode_submits_once_and_reruns_from_the_cache(work, caplog):
     with FakeOpenAI(batch_delay_s=0.2) as server:
         setup_workdir(work, [batch_rung(server.base_url)], n=5, k=2)
+        server.batch_poll_failures = 2  # a flaky poll is polled again, not fatal
         assert main(["sample"]) == 0
+        assert "HTTP 503; polling again" in caplog.text
         assert len(server.batches) == 1 and server.statuses["200"] == 0  # nothing went to /chat/completions
         assert len(server.successes) == 10 and set(server.successes.values()) == {1}
         samples = rows("data/samples/m.jsonl")

@@ -275,7 +275,7 @@ async def _call(model: LiveModel, batch: list[tuple[str, Request]], pacer: Pacer
 async def _run_model(model: LiveModel, todo: list[tuple[str, Request]], budget: Budget,
                      chars_per_token: float, progress: Progress, rng: random.Random) -> None:
     provider, stats = model.provider, model.stats
-    queue = list(reversed(todo))  # pop() from the end: requests go out in key order
+    queue = list(reversed(todo))  # pop() from the end: requests go out in task order
     pacer = Pacer(provider.rpm)
     max_tokens = provider.params.max_tokens
 
@@ -284,10 +284,7 @@ async def _run_model(model: LiveModel, todo: list[tuple[str, Request]], budget: 
             batch = [queue.pop() for _ in range(min(provider.batch_size, len(queue)))]
             worst = sum(worst_case_usd(model.price, r.prompt, max_tokens) for _, r in batch)
             if not budget.reserve(worst):
-                first = batch[0][1]
-                budget.refused = budget.refused or (
-                    f"the next request to '{model.name}' ({first.task_id} trial {first.trial}) could cost up "
-                    f"to ${worst:.4f}")
+                _refused(budget, model.name, batch[0][1], worst)
                 stats.unsent += len(batch) + len(queue)
                 queue.clear()
                 return
@@ -326,9 +323,7 @@ async def _run_batch_model(model: LiveModel, todo: list[tuple[str, Request]], bu
             continue
         worst = worst_case_usd(model.price, request.prompt, provider.params.max_tokens)
         if not budget.reserve(worst):
-            budget.refused = budget.refused or (
-                f"the next request to '{model.name}' ({request.task_id} trial {request.trial}) could cost up "
-                f"to ${worst:.4f}")
+            _refused(budget, model.name, request, worst)
             stats.unsent = sum(k not in submitted for k, _ in todo) - len(fresh)
             break
         reserved += worst
@@ -376,6 +371,11 @@ def _account(model: LiveModel, request: Request, raw: RawCompletion, chars_per_t
     model.stats.tokens += prompt_tokens + completion_tokens
     model.stats.sent += 1
     return cost_usd(model.price, prompt_tokens, completion_tokens)
+
+
+def _refused(budget: Budget, model: str, request: Request, worst: float) -> None:
+    budget.refused = budget.refused or (f"the next request to '{model}' ({request.task_id} trial "
+                                        f"{request.trial}) could cost up to ${worst:.4f}")
 
 
 def _failure(model: str, key: str, request: Request, reason: str) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from complexitynet.errors import ConfigError
 from complexitynet.providers.base import (
@@ -30,6 +32,8 @@ from complexitynet.providers.base import (
 if TYPE_CHECKING:
     from complexitynet.config import ModelSpec, RequestParams
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 BATCH_ENDED = {"completed", "failed", "expired", "cancelled"}
 NO_KEY = "not-needed"  # what the client sends to endpoints that take no key (api_key_env: null)
 RETRY_STATUSES = {408, 409, 429}  # and every 5xx, as the openai client itself would retry
@@ -133,22 +137,24 @@ class OpenAIProvider(LiveProvider):
         client = self._get_client()
         lines = [json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
                              "body": self._body(request)}) for key, request in items]
-        upload = await client.files.create(file=("requests.jsonl", ("\n".join(lines) + "\n").encode()),
-                                           purpose="batch")
+        data = ("\n".join(lines) + "\n").encode()
+        upload = await self._api("uploading a batch", lambda: client.files.create(
+            file=("requests.jsonl", data), purpose="batch"))
         journal.submitting(upload.id, [key for key, _ in items])
         await self._create_batch(upload.id, journal)
         return upload.id
 
     async def _create_batch(self, file_id: str, journal: BatchJournal) -> str:
-        batch = await self._get_client().batches.create(
+        batch = await self._api("creating a batch", lambda: self._get_client().batches.create(
             input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
-            metadata={"complexitynet_model": self.spec.name})
+            metadata={"complexitynet_model": self.spec.name}))
         journal.submitted(file_id, batch.id)
         return batch.id
 
     async def resume_batch(self, file_id: str, journal: BatchJournal) -> str:
         """The batch made from an input file journaled by an interrupted run (created if it never was)."""
-        async for batch in self._get_client().batches.list(limit=100):
+        page = await self._api("listing batches", lambda: self._get_client().batches.list(limit=100))
+        async for batch in page:
             if batch.input_file_id == file_id:
                 journal.submitted(file_id, batch.id)
                 return batch.id
@@ -160,16 +166,19 @@ class OpenAIProvider(LiveProvider):
         Keys of the batch that are not in `requests` (already in the cache) are ignored."""
         client = self._get_client()
         while True:
-            batch = await client.batches.retrieve(batch_id)
-            if batch.status in BATCH_ENDED:
-                break
+            try:
+                batch = await self._api("polling", lambda: client.batches.retrieve(batch_id), retryable=True)
+                if batch.status in BATCH_ENDED:
+                    break
+            except RetryableError as exc:  # the batch lives on the server: just poll again
+                log.warning("sample: model '%s', batch %s: %s; polling again", self.spec.name, batch_id, exc)
             await asyncio.sleep(self.cfg.batch_poll_s)
         done: dict[str, RawCompletion] = {}
         failed: dict[str, str] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
-            content = await client.files.content(file_id)
+            content = await self._api("downloading batch results", lambda: client.files.content(file_id))
             for line in content.text.splitlines():
                 row = json.loads(line)
                 key = row.get("custom_id")
@@ -186,6 +195,23 @@ class OpenAIProvider(LiveProvider):
         for key in requests.keys() - done.keys() - failed.keys():
             failed[key] = f"batch {batch_id} ended '{batch.status}' without an answer"
         return done, failed
+
+    async def _api(self, what: str, call: Callable[[], Awaitable[T]], retryable: bool = False) -> T:
+        """A Batch API call with its errors mapped: a ProviderError stops the run (batches are
+        journaled, so a rerun resumes); transient errors are RetryableError where `retryable`."""
+        import openai
+
+        try:
+            return await call()
+        except openai.APIStatusError as exc:
+            error = self._status_error(exc)
+        except openai.APIConnectionError as exc:
+            error = RetryableError(f"connection error ({type(exc.__cause__ or exc).__name__})")
+        if isinstance(error, RetryableError) and retryable:
+            raise error
+        if isinstance(error, ProviderError):
+            raise error
+        raise ProviderError(f"model '{self.spec.name}': {what}: {error}; rerun to resume (batches are journaled)")
 
     def _status_error(self, exc: Any) -> Exception:
         status = exc.status_code
