@@ -1,4 +1,4 @@
-"""The provider interface: one small ABC, one method (`complete`), and the errors it may raise.
+"""The provider interface: one small ABC, one abstract method (`complete`), and the errors it may raise.
 
 A provider turns requests (task, trial, prompt) into `RawCompletion`s. Live providers add what the
 sampling engine (`complexitynet.sampling`) needs to schedule them: how many requests go in one
@@ -80,7 +80,7 @@ class Provider(ABC):
         """Raise ConfigError for anything knowable before a request is sent (a missing API key)."""
 
     def requests(self, problems: Mapping[str, Problem], k: int) -> list[Request]:
-        """The requests that sample `problems`: k trials of each, in key order."""
+        """The requests that sample `problems`: k trials of each, in the order of `problems`."""
         return [Request(task_id, trial, problem.prompt) for task_id, problem in problems.items()
                 for trial in range(k)]
 
