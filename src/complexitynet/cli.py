@@ -41,22 +41,27 @@ def cmd_prepare(params: Params, args: argparse.Namespace) -> None:
 
 
 def cmd_sample(params: Params, args: argparse.Namespace) -> None:
+    import os
+
     from complexitynet.io import read_jsonl, write_json
-    from complexitynet.sample import sample_recorded, summarize, write_samples
+    from complexitynet.sample import sample_ladder, summarize, write_samples
     from complexitynet.schemas import Problem
 
+    cfg = params.sample
     problems = {p.task_id: p for p in read_jsonl(args.problems, Problem)}
-    per_model = {
-        model.name: sample_recorded(model, problems, args.sources, params.sample.chars_per_token)
-        for model in params.ladder
-    }
-    write_samples(args.out, per_model)
-    metrics = {name: summarize(samples, problems) for name, samples in per_model.items()}
+    run = sample_ladder(params.ladder, problems, args.sources, args.cache, cfg,
+                        progress=sys.stderr.isatty() and not os.environ.get("CI"), seed=params.base.seed)
+    write_samples(args.out, run.samples)
+    metrics = {name: summarize(samples, problems) for name, samples in run.samples.items()}
+    for name, stats in run.live.items():
+        metrics[name].update(run.live_metrics[name], run={
+            "requests_sent": stats.sent, "cache_hits": stats.cached, "retries": stats.retries,
+            "cost_usd": round(stats.spent_usd, 6)})
     write_json(args.metrics, {"ladder": params.ladder_name, "models": metrics})
     for name, m in metrics.items():
-        log.info("sample: %-28s %5d samples over %d tasks (%d missing), $%.4f%s", name, m["samples"],
-                 m["tasks"], m["missing_tasks"], m["cost_usd"],
-                 " (tokens estimated)" if m["tokens_estimated_share"] else "")
+        log.info("sample: %-28s %5d samples over %d tasks (%d missing), %d+%d tokens, $%.4f%s", name,
+                 m["samples"], m["tasks"], m["missing_tasks"], m["prompt_tokens"], m["completion_tokens"],
+                 m["cost_usd"], " (tokens estimated)" if m["tokens_estimated_share"] else "")
 
 
 def cmd_execute(params: Params, args: argparse.Namespace) -> None:
@@ -246,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
     p.add_argument("--sources", type=Path, default=Path("data/sources"))
     p.add_argument("--out", type=Path, default=Path("data/samples"))
+    p.add_argument("--cache", type=Path, default=Path("data/cache/samples"),
+                   help="live answers, by request key (see README, Live models)")
     p.add_argument("--metrics", type=Path, default=Path("metrics/sample.json"))
     p.set_defaults(func=cmd_sample)
 

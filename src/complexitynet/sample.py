@@ -1,37 +1,53 @@
 """sample: one file of completions per ladder model, data/samples/<model>.jsonl.
 
 This module holds the provider-independent part: turning raw completions into `Sample` records
-(code extraction, token counts or a flagged estimate, cost from the ladder's prices) and the
-per-model summary. Recorded providers replay completions made earlier.
+(code extraction, token counts or a flagged estimate, cost from the ladder's prices), running the
+ladder (recorded providers replay completions made earlier; live ones go through the sampling
+engine and its cache, `complexitynet.sampling`), and the per-model summary.
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from complexitynet.config import ModelSpec, Price
-from complexitynet.errors import DataError
+from complexitynet.config import ModelSpec
+from complexitynet.config import Sample as SampleParams
+from complexitynet.errors import ComplexityNetError
 from complexitynet.extract import extract_code
 from complexitynet.io import write_jsonl
-from complexitynet.providers.recorded import RECORDED_SOURCES, RawCompletion, read_generic
+from complexitynet.providers import LiveProvider, make_provider
+from complexitynet.providers.recorded import RawCompletion, RecordedProvider
+from complexitynet.sampling import (
+    Budget,
+    LiveModel,
+    ModelStats,
+    cost_usd,
+    estimate_tokens,
+    latency_summary,
+    open_caches,
+    run_live,
+)
 from complexitynet.schemas import Problem, Sample, sample_key, task_key
-from complexitynet.sources import FILES
+
+log = logging.getLogger(__name__)
 
 
-def estimate_tokens(text: str, chars_per_token: float) -> int:
-    """A declared estimate for sources without token counts (see `sample.chars_per_token`)."""
-    return math.ceil(len(text) / chars_per_token) if text else 0
+class BudgetExceeded(ComplexityNetError):
+    """The next live request could take the run past `sample.budget_usd`; everything done is cached."""
 
 
-def cost_usd(price: Price, prompt_tokens: int, completion_tokens: int) -> float:
-    return round((prompt_tokens * price.input + completion_tokens * price.output) / 1e6, 9)
+class SamplingFailed(ComplexityNetError):
+    """Some live requests failed after their retries; everything else is cached."""
 
 
-def to_sample(raw: RawCompletion, model: ModelSpec, problem: Problem, chars_per_token: float) -> Sample:
-    """Extract the code and account tokens and cost for one recorded completion."""
+def to_sample(raw: RawCompletion, model: ModelSpec, problem: Problem, chars_per_token: float,
+              source: Literal["live", "recorded"] = "recorded") -> Sample:
+    """Extract the code and account tokens and cost for one completion."""
     estimated = raw.prompt_tokens is None or raw.completion_tokens is None
     prompt_tokens = raw.prompt_tokens
     if prompt_tokens is None:
@@ -51,45 +67,102 @@ def to_sample(raw: RawCompletion, model: ModelSpec, problem: Problem, chars_per_
         tokens_estimated=estimated,
         cost_usd=cost_usd(model.price, prompt_tokens, completion_tokens),
         latency_s=raw.latency_s,
-        source="recorded",
+        source=source,
         source_pass=raw.source_pass,
     )
 
 
 def recorded_completions(model: ModelSpec, sources_dir: Path) -> tuple[Path, Iterable[RawCompletion]]:
     """The file a recorded model replays, and its raw completions."""
-    spec = model.recorded
-    assert spec is not None  # guaranteed by config validation
-    if spec.source == "jsonl":
-        path = Path(spec.path or "")
-        return path, read_generic(path, spec.model)
-    source = RECORDED_SOURCES[spec.source]
-    file_key, field = source.models[spec.model]
-    path = sources_dir / FILES[file_key].relpath
-    if not path.exists():
-        raise DataError(f"{path}: recorded source not found; run `complexitynet fetch` first")
-    return path, source.reader(path, field)
+    return RecordedProvider(model, sources_dir).source()
 
 
 def sample_recorded(model: ModelSpec, problems: dict[str, Problem], sources_dir: Path,
                     chars_per_token: float) -> list[Sample]:
     """Every recorded completion of `model` for the given problems (others in the source are ignored
     for built-in sources; in a user's jsonl file an unknown task_id is an error)."""
-    path, raws = recorded_completions(model, sources_dir)
-    strict = model.recorded is not None and model.recorded.source == "jsonl"
-    samples: dict[tuple[str, int], Sample] = {}
-    for raw in raws:
-        problem = problems.get(raw.task_id)
-        if problem is None:
-            if strict:
-                raise DataError(f"{path}: task_id '{raw.task_id}' (model '{model.name}') is not in "
-                                "data/problems.jsonl; check the dataset in params (base.dataset)")
-            continue
-        if (raw.task_id, raw.trial) in samples:
-            raise DataError(f"{path}: task '{raw.task_id}' trial {raw.trial} appears twice for model "
-                            f"'{model.name}'; keep one row per (task_id, trial)")
-        samples[raw.task_id, raw.trial] = to_sample(raw, model, problem, chars_per_token)
-    return sorted(samples.values(), key=sample_key)
+    raws = RecordedProvider(model, sources_dir).completions(problems)
+    samples = [to_sample(raw, model, problems[raw.task_id], chars_per_token) for raw in raws]
+    return sorted(samples, key=sample_key)
+
+
+@dataclass
+class LadderRun:
+    """The samples of every model, and for live models what the run did (for metrics and the log)."""
+
+    samples: dict[str, list[Sample]]
+    live: dict[str, ModelStats] = field(default_factory=dict)
+    live_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # latency, truncations
+
+
+def sample_ladder(ladder: list[ModelSpec], problems: dict[str, Problem], sources_dir: Path, cache_dir: Path,
+                  cfg: SampleParams, progress: bool = False, seed: int = 0) -> LadderRun:
+    """Samples of every model of the ladder for `problems`.
+
+    Every provider is checked (e.g. that its API-key variable is set) before any request is sent.
+    Live models sample `cfg.k` trials of the first `cfg.limit` problems (all when None), all models
+    concurrently through the sampling engine; their answers are cached in
+    `cache_dir/<model>.jsonl`. Raises BudgetExceeded or SamplingFailed (after the run, with every
+    finished request cached) when not every sample could be had.
+    """
+    providers = {m.name: make_provider(m, sources_dir) for m in ladder}
+    for provider in providers.values():
+        provider.check()
+    run = LadderRun(samples={m.name: sample_recorded(m, problems, sources_dir, cfg.chars_per_token)
+                             for m in ladder if not m.live})
+    live = [m for m in ladder if m.live]
+    if not live:
+        return run
+    budget = Budget(cfg.budget_usd)
+    selected = {t: problems[t] for t in sorted(problems, key=task_key)[:cfg.limit]}
+    with open_caches(cache_dir, [m.name for m in live]) as caches:
+        jobs = []
+        for spec in live:
+            provider = providers[spec.name]
+            assert isinstance(provider, LiveProvider)
+            jobs.append(LiveModel(spec.name, provider, spec.price, provider.requests(selected, cfg.k),
+                                  caches[spec.name]))
+        asyncio.run(run_live(jobs, budget, cfg.chars_per_token, progress, seed))
+    for job in jobs:
+        run.live[job.name] = job.stats
+        log.info("sample: %-28s %d requests sent (%d retries), %d from the cache, $%.4f spent in this run",
+                 job.name, job.stats.sent, job.stats.retries, job.stats.cached, job.stats.spent_usd)
+    _raise_if_incomplete(run, budget, cache_dir)
+    for job, spec in zip(jobs, live):
+        records = [job.cache.records[job.keys[r.task_id, r.trial]] for r in job.requests]
+        run.live_metrics[job.name] = latency_summary(list({r["key"]: r for r in records}.values()))
+        run.samples[job.name] = [
+            _live_sample(record, r.task_id, r.trial, spec, problems[r.task_id], cfg.chars_per_token)
+            for record, r in zip(records, job.requests)]
+    return run
+
+
+def _live_sample(record: dict[str, Any], task_id: str, trial: int, model: ModelSpec, problem: Problem,
+                 chars_per_token: float) -> Sample:
+    # Wall-clock latency varies from run to run, so it stays in the cache and metrics: with it here,
+    # a resumed run could not write the same bytes as an uninterrupted one.
+    raw = RawCompletion(task_id=task_id, trial=trial, completion=record["completion"],
+                        prompt_tokens=record["prompt_tokens"], completion_tokens=record["completion_tokens"])
+    return to_sample(raw, model, problem, chars_per_token, source="live")
+
+
+def _raise_if_incomplete(run: LadderRun, budget: Budget, cache_dir: Path) -> None:
+    failures = [f for stats in run.live.values() for f in stats.failures]
+    unsent = sum(stats.unsent for stats in run.live.values())
+    kept = f"Every finished request is kept in {cache_dir}/ and will not be sent again"
+    if unsent:
+        failed = f"; {len(failures)} more failed (see the log)" if failures else ""
+        for failure in failures:
+            log.error("sample: %s", failure)
+        raise BudgetExceeded(
+            f"sample.budget_usd is ${budget.limit:g}: this run spent ${budget.spent:.4f}, and "
+            f"{budget.refused}, so {unsent} requests were not sent{failed}. {kept}: raise "
+            "sample.budget_usd (or set it to null) and rerun to continue")
+    if failures:
+        shown = "\n  ".join(failures[:10])
+        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+        raise SamplingFailed(f"{len(failures)} requests failed:\n  {shown}{more}\n{kept}: rerun to retry "
+                             "only the failed ones")
 
 
 def summarize(samples: list[Sample], problems: dict[str, Problem]) -> dict[str, Any]:

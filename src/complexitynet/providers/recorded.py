@@ -8,29 +8,22 @@ one JSON object per line with `task_id` (str), `model` (str), `trial` (int >= 0)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pydantic
 
 from complexitynet.errors import DataError
 from complexitynet.io import iter_json_lines
+from complexitynet.providers.base import Provider, RawCompletion, Request
+from complexitynet.sources import FILES
 
+if TYPE_CHECKING:
+    from complexitynet.schemas import Problem
 
-@dataclass(frozen=True)
-class RawCompletion:
-    """One recorded completion before code extraction and costing."""
-
-    task_id: str
-    trial: int
-    completion: str
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    latency_s: float | None = None
-    source_pass: bool | None = None  # the source's own verdict (not trusted; kept for comparison)
-    source_prompt: str | None = None  # the prompt the source actually sent, when it recorded it
+__all__ = ["RECORDED_SOURCES", "RawCompletion", "RecordedProvider", "RecordedSource", "read_generic"]
 
 
 Reader = Callable[[Path, str], Iterator[RawCompletion]]
@@ -159,3 +152,54 @@ RECORDED_SOURCES: dict[str, RecordedSource] = {
         reader=read_adaptivellm,
     ),
 }
+
+
+class RecordedProvider(Provider):
+    """Replays a recorded source: the trials it holds are the requests, and it answers them from disk."""
+
+    live: ClassVar[bool] = False
+
+    def source(self) -> tuple[Path, Iterable[RawCompletion]]:
+        """The file this model replays, and its raw completions."""
+        spec = self.spec.recorded
+        assert spec is not None  # guaranteed by config validation
+        if spec.source == "jsonl":
+            path = Path(spec.path or "")
+            return path, read_generic(path, spec.model)
+        source = RECORDED_SOURCES[spec.source]
+        file_key, field = source.models[spec.model]
+        path = self.sources_dir / FILES[file_key].relpath
+        if not path.exists():
+            raise DataError(f"{path}: recorded source not found; run `complexitynet fetch` first")
+        return path, source.reader(path, field)
+
+    def completions(self, problems: Mapping[str, Problem]) -> list[RawCompletion]:
+        """Every recorded completion for the given problems, one per (task, trial). Tasks that are not
+        in `problems` are skipped for built-in sources; in a user's jsonl file they are an error."""
+        path, raws = self.source()
+        name = self.spec.name
+        strict = self.spec.recorded is not None and self.spec.recorded.source == "jsonl"
+        out: dict[tuple[str, int], RawCompletion] = {}
+        for raw in raws:
+            if raw.task_id not in problems:
+                if strict:
+                    raise DataError(f"{path}: task_id '{raw.task_id}' (model '{name}') is not in "
+                                    "data/problems.jsonl; check the dataset in params (base.dataset)")
+                continue
+            if (raw.task_id, raw.trial) in out:
+                raise DataError(f"{path}: task '{raw.task_id}' trial {raw.trial} appears twice for model "
+                                f"'{name}'; keep one row per (task_id, trial)")
+            out[raw.task_id, raw.trial] = raw
+        return list(out.values())
+
+    def requests(self, problems: Mapping[str, Problem], k: int) -> list[Request]:
+        """The trials the source holds (k does not apply: the recording decided it)."""
+        return [Request(r.task_id, r.trial, problems[r.task_id].prompt) for r in self.completions(problems)]
+
+    async def complete(self, batch: list[Request]) -> list[RawCompletion]:
+        path, raws = self.source()
+        index = {(r.task_id, r.trial): r for r in raws}
+        missing = [f"{r.task_id}#{r.trial}" for r in batch if (r.task_id, r.trial) not in index]
+        if missing:
+            raise DataError(f"{path}: no recorded completion for {missing[:5]} (model '{self.spec.name}')")
+        return [index[r.task_id, r.trial] for r in batch]
