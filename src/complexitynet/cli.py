@@ -187,6 +187,11 @@ def cmd_evaluate(params: Params, args: argparse.Namespace) -> None:
         log.info("evaluate: target %.2f calibrated on %d validation prompts (keep %.0f%% of the largest's pass rate)",
                  target, len(val.task_ids), 100 * cfg.quality_goal)
     result = evaluate(ts, probs, target, targets, cfg.router_cost_usd, cfg.bootstrap, params.base.seed, flags)
+    if cfg.cv_folds:
+        from complexitynet.train import cross_validate
+
+        result["cross_validation"] = cross_validate(problems, labels, len(models) + 1, params.train,
+                                                    params.base.seed, cfg.cv_folds)
     write_json(args.metrics, result)
     title = f"{params.base.dataset} / ladder {params.ladder_name}"
     write_plots(result, ts, probs["router"], clf.classes, args.plots, title)

@@ -147,6 +147,13 @@ class Evaluate(Section):
     sweep_step: float = Field(0.02, gt=0, le=0.5)  # target grid for the cost-quality curve
     bootstrap: int = Field(1000, ge=100)  # resamples for the 95% intervals
     router_cost_usd: float = Field(1e-6, ge=0)  # per prompt: the classifier's own inference cost
+    cv_folds: int = Field(0, ge=0)  # >= 2: also k-fold cross-validate the classifier over non-test prompts
+
+    @model_validator(mode="after")
+    def _folds(self) -> Evaluate:
+        if self.cv_folds == 1:
+            raise ValueError("cv_folds: 0 (off) or at least 2")
+        return self
 
 
 class Price(Section):

@@ -83,6 +83,13 @@ def render(r: dict[str, Any], dataset: str, ladder: str, label_rule: str) -> str
               f"{_pct(t['classifier_accuracy_vs_first_trial'])}. Routing each prompt to the model its label names: "
               + "; ".join(f"{k}: pass {_pct(v['pass_rate'])} at ${v['cost_usd']:.4f}" for k, v in
                           t["route_by_label"].items()) + "."]
+    cv = r.get("cross_validation")
+    if cv:
+        lines += ["", f"## Cross-validation ({cv['folds']} folds over {cv['n']} non-test prompts)", "",
+                  "| classifier | accuracy | macro-F1 | within one |", "|---|---|---|---|"]
+        for name in ("lora", "tfidf_lr"):
+            lines.append(f"| {name} | " + " | ".join(f"{cv[name][m]['mean']:.3f} ± {cv[name][m]['std']:.3f}"
+                                                     for m in ("accuracy", "macro_f1", "within_one")) + " |")
     if r["source_flags"]:
         lines += ["", "## The recorded sources' pass flags vs our verdicts", "",
                   "| model | compared | agree | ours pass, source fail | ours fail, source pass |", "|---|---|---|---|---|"]

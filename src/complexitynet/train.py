@@ -169,8 +169,10 @@ def predict_loader(model, dataloader, accelerator) -> np.ndarray:
     return np.concatenate(out)
 
 
-def fit_baselines(data: dict[str, Split], num_labels: int, cfg: Train, seed: int) -> dict[str, Any]:
-    """Majority class, the training prior, TF-IDF + logistic regression, kNN on frozen embeddings."""
+def fit_baselines(data: dict[str, Split], num_labels: int, cfg: Train, seed: int,
+                  only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Majority class, the training prior, TF-IDF + logistic regression, kNN on frozen embeddings
+    (`only` fits a subset, e.g. for cross-validation)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -180,18 +182,18 @@ def fit_baselines(data: dict[str, Split], num_labels: int, cfg: Train, seed: int
 
     train = data["train"]
     prior = np.bincount(train.labels, minlength=num_labels) / len(train.labels)
-    tfidf = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
-                          LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed))
-    tfidf.fit(train.texts, train.labels)
-    knn = EmbeddingKNN(cfg.base_model, cfg.max_length,
-                       KNeighborsClassifier(n_neighbors=min(cfg.knn_k, len(train.labels)), weights="distance"))
-    knn.fit(train.texts, train.labels)
-    return {
-        "majority": Constant(np.eye(num_labels)[int(prior.argmax())]),
-        "prior": Constant(prior),
-        "tfidf_lr": Padded(tfidf, num_labels),
-        "knn_minilm": Padded(knn, num_labels),
+    makers = {
+        "majority": lambda: Constant(np.eye(num_labels)[int(prior.argmax())]),
+        "prior": lambda: Constant(prior),
+        "tfidf_lr": lambda: Padded(make_pipeline(
+            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1),
+            LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed),
+        ).fit(train.texts, train.labels), num_labels),
+        "knn_minilm": lambda: Padded(EmbeddingKNN(cfg.base_model, cfg.max_length, KNeighborsClassifier(
+            n_neighbors=min(cfg.knn_k, len(train.labels)), weights="distance")).fit(train.texts, train.labels),
+            num_labels),
     }
+    return {name: make() for name, make in makers.items() if only is None or name in only}
 
 
 
@@ -287,3 +289,33 @@ def _promote_champion(name: str, version: str | int | None, macro_f1: float) -> 
         best = -1.0
     if macro_f1 >= best:
         client.set_registered_model_alias(name, "champion", str(version))
+
+
+def cross_validate(problems: list[Problem], labels: list[Label], num_labels: int, cfg: Train, seed: int,
+                   folds: int) -> dict[str, Any]:
+    """k-fold cross-validation over the non-test prompts (train + validation pooled), for stable
+    numbers on small datasets. Each fold trains for a fixed `cfg.epochs` (no early stopping: the
+    held-out fold is only scored, never used to select) and fits the TF-IDF baseline beside it."""
+    from sklearn.model_selection import StratifiedKFold
+
+    pooled = training_data(problems, labels, cfg.input, cfg.max_train)
+    texts = pooled["train"].texts + pooled["validation"].texts
+    y = np.concatenate([pooled["train"].labels, pooled["validation"].labels])
+    min_class = np.bincount(y).min(initial=len(y)) if len(y) else 0
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed) if min_class >= folds else None
+    if splitter is None:
+        from sklearn.model_selection import KFold
+
+        splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    fixed = cfg.model_copy(update={"patience": cfg.epochs + 1})
+    runs: dict[str, list[dict[str, float]]] = {"lora": [], "tfidf_lr": []}
+    for fold, (train_idx, held_idx) in enumerate(splitter.split(texts, y)):
+        part = {"train": Split([], [texts[i] for i in train_idx], y[train_idx]),
+                "validation": Split([], [texts[i] for i in held_idx], y[held_idx])}
+        fit = fit_lora(part, num_labels, fixed, seed + fold)
+        runs["lora"].append({k.removeprefix("val_"): v for k, v in fit.history[-1].items() if k.startswith("val_")})
+        tfidf = fit_baselines(part, num_labels, fixed, seed + fold, only=("tfidf_lr",))["tfidf_lr"]
+        runs["tfidf_lr"].append(scores(part["validation"].labels, tfidf.predict_proba(part["validation"].texts)))
+    return {"folds": folds, "n": len(y), "per_fold": runs,
+            **{name: {m: {"mean": float(np.mean([r[m] for r in rs])), "std": float(np.std([r[m] for r in rs]))}
+                      for m in rs[0]} for name, rs in runs.items()}}

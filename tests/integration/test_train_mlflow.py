@@ -140,3 +140,14 @@ def test_mlflow_server_serves_the_runs_over_http(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_cross_validation_over_non_test_prompts():
+    from complexitynet.train import cross_validate
+
+    problems, labels = tiny_dataset(16, 8)
+    cv = cross_validate(problems, labels, 4, Train(epochs=1, batch_size=8, max_length=32), 3, folds=2)
+    assert cv["folds"] == 2 and cv["n"] == 24
+    assert len(cv["per_fold"]["lora"]) == 2 and len(cv["per_fold"]["tfidf_lr"]) == 2
+    for name in ("lora", "tfidf_lr"):
+        assert 0 <= cv[name]["accuracy"]["mean"] <= 1 and cv[name]["macro_f1"]["std"] >= 0

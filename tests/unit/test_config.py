@@ -100,3 +100,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("base: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_cross_validation_needs_two_folds(tmp_path):
+    assert "cv_folds: 0 (off) or at least 2" in error_for(tmp_path, lambda p: p["evaluate"].update(cv_folds=1))

@@ -44,3 +44,12 @@ def test_uninformed_classifier_costs_as_much_as_the_largest():
     flat = np.full((4, 4), 0.25)
     result = evaluate(ts, {"router": flat}, 0.9, np.linspace(0, 1, 11), 0.0, 200, 0)
     assert result["policies"]["router"]["cost_vs_largest"] == pytest.approx(1.0)
+
+
+def test_report_shows_cross_validation():
+    ts = make_set()
+    result = evaluate(ts, {"router": np.eye(4)[[0, 1, 2, 3]]}, 0.5, np.linspace(0, 1, 11), 0.0, 100, 0)
+    score = {m: {"mean": 0.5, "std": 0.1} for m in ("accuracy", "macro_f1", "within_one")}
+    result["cross_validation"] = {"folds": 5, "n": 464, "lora": score, "tfidf_lr": score}
+    text = render(result, "mbpp", "test", "threshold")
+    assert "## Cross-validation (5 folds over 464 non-test prompts)" in text and "| lora | 0.500 ± 0.100" in text
