@@ -237,68 +237,44 @@ def cmd_sandbox_image(params: Params, args: argparse.Namespace) -> None:
     backend.close()
 
 
+PROBLEMS, LABELS, BASELINES = "data/problems.jsonl", "data/labels.jsonl", "models/baselines"
+
+
+def stage(sub, name: str, func, help_text: str, **paths: str) -> argparse.ArgumentParser:
+    """A subcommand with `--<path> PATH` options defaulting to the DVC layout (dvc.yaml)."""
+    p = sub.add_parser(name, help=help_text)
+    for option, default in paths.items():
+        p.add_argument(f"--{option.replace('_', '-')}", type=Path, default=Path(default))
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="complexitynet", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="stage", required=True)
 
-    p = sub.add_parser("fetch", help="fetch and verify every public source")
-    p.add_argument("--out", type=Path, default=Path("data/sources"))
-    p.set_defaults(func=cmd_fetch)
-
-    p = sub.add_parser("prepare", help="write data/problems.jsonl")
-    p.add_argument("--sources", type=Path, default=Path("data/sources"))
-    p.add_argument("--out", type=Path, default=Path("data/problems.jsonl"))
-    p.set_defaults(func=cmd_prepare)
-
-    p = sub.add_parser("sample", help="write data/samples/<model>.jsonl for the ladder")
-    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
-    p.add_argument("--sources", type=Path, default=Path("data/sources"))
-    p.add_argument("--out", type=Path, default=Path("data/samples"))
+    stage(sub, "fetch", cmd_fetch, "fetch and verify every public source", out="data/sources")
+    stage(sub, "prepare", cmd_prepare, "write data/problems.jsonl", sources="data/sources",
+          out="data/problems.jsonl")
+    p = stage(sub, "sample", cmd_sample, "write data/samples/<model>.jsonl for the ladder", problems=PROBLEMS,
+              sources="data/sources", out="data/samples", metrics="metrics/sample.json")
     p.add_argument("--cache", type=Path, default=Path("data/cache/samples"),
                    help="live answers, by request key (see README, Live models)")
-    p.add_argument("--metrics", type=Path, default=Path("metrics/sample.json"))
-    p.set_defaults(func=cmd_sample)
-
-    p = sub.add_parser("execute", help="run every sample in the sandbox -> data/verdicts/<model>.jsonl")
-    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
-    p.add_argument("--samples", type=Path, default=Path("data/samples"))
-    p.add_argument("--out", type=Path, default=Path("data/verdicts"))
-    p.add_argument("--cache", type=Path, default=Path("data/cache/verdicts"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/execute.json"))
+    p = stage(sub, "execute", cmd_execute, "run every sample in the sandbox -> data/verdicts/<model>.jsonl",
+              problems=PROBLEMS, samples="data/samples", out="data/verdicts", cache="data/cache/verdicts",
+              metrics="metrics/execute.json")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap"], help="override params execute.backend")
-    p.set_defaults(func=cmd_execute)
-
-    p = sub.add_parser("label", help="write data/labels.jsonl from the verdicts")
-    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
-    p.add_argument("--verdicts", type=Path, default=Path("data/verdicts"))
-    p.add_argument("--out", type=Path, default=Path("data/labels.jsonl"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/label.json"))
-    p.set_defaults(func=cmd_label)
-
-    p = sub.add_parser("train", help="train the LoRA classifier and baselines (tracked in MLflow)")
-    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
-    p.add_argument("--labels", type=Path, default=Path("data/labels.jsonl"))
-    p.add_argument("--out", type=Path, default=Path("models/classifier"))
-    p.add_argument("--baselines", type=Path, default=Path("models/baselines"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("evaluate", help="routing quality vs cost on the test split; report and plots")
-    p.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"))
-    p.add_argument("--labels", type=Path, default=Path("data/labels.jsonl"))
-    p.add_argument("--samples", type=Path, default=Path("data/samples"))
-    p.add_argument("--classifier", type=Path, default=Path("models/classifier"))
-    p.add_argument("--baselines", type=Path, default=Path("models/baselines"))
-    p.add_argument("--execute-metrics", type=Path, default=Path("metrics/execute.json"))
-    p.add_argument("--metrics", type=Path, default=Path("metrics/eval.json"))
-    p.add_argument("--plots", type=Path, default=Path("plots"))
-    p.add_argument("--report", type=Path, default=Path("reports/report.md"))
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("sandbox-image", help="build the Docker sandbox image if the engine lacks it")
-    p.set_defaults(func=cmd_sandbox_image)
+    stage(sub, "label", cmd_label, "write data/labels.jsonl from the verdicts", problems=PROBLEMS,
+          verdicts="data/verdicts", out="data/labels.jsonl", metrics="metrics/label.json")
+    stage(sub, "train", cmd_train, "train the LoRA classifier and baselines (tracked in MLflow)", problems=PROBLEMS,
+          labels=LABELS, out="models/classifier", baselines=BASELINES, metrics="metrics/train.json")
+    stage(sub, "evaluate", cmd_evaluate, "routing quality vs cost on the test split; report and plots",
+          problems=PROBLEMS, labels=LABELS, samples="data/samples", classifier="models/classifier",
+          baselines=BASELINES, execute_metrics="metrics/execute.json", metrics="metrics/eval.json",
+          plots="plots", report="reports/report.md")
+    stage(sub, "sandbox-image", cmd_sandbox_image, "build the Docker sandbox image if the engine lacks it")
     return parser
 
 

@@ -60,9 +60,14 @@ class Session(ABC):
         self.hello: dict[str, Any] = {}
 
     def _handshake(self, timeout_s: float) -> None:
-        self.hello = self._read_message(time.monotonic() + timeout_s)
-        if not self.hello.get("ready"):
-            raise SandboxError(f"sandbox did not start: {self.hello}")
+        """Wait for the runner's greeting; a sandbox that does not greet is closed."""
+        try:
+            self.hello = self._read_message(time.monotonic() + timeout_s)
+            if not self.hello.get("ready"):
+                raise SandboxError(f"sandbox did not start: {self.hello}")
+        except SandboxError:
+            self.close()
+            raise
 
     def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Send a request; the runner answers within its own `timeout_s`, we wait a grace longer."""
@@ -136,11 +141,7 @@ class BwrapSession(Session):
         except OSError as exc:
             self._cleanup_dir()
             raise SandboxError(f"cannot start bwrap: {exc}") from None
-        try:
-            self._handshake(start_timeout_s)
-        except SandboxError:
-            self.close()
-            raise
+        self._handshake(start_timeout_s)
 
     def _send(self, data: bytes) -> None:
         self.proc.stdin.write(data)
@@ -208,11 +209,7 @@ class DockerSession(Session):
         except docker.errors.DockerException as exc:
             self.close()
             raise SandboxError(f"cannot start a sandbox container from {image}: {exc}") from None
-        try:
-            self._handshake(start_timeout_s)
-        except SandboxError:
-            self.close()
-            raise
+        self._handshake(start_timeout_s)
 
     def _send(self, data: bytes) -> None:
         self._raw.sendall(data)
