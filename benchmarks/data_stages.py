@@ -10,7 +10,6 @@ Run from the repo root after `make run` (needs data/sources).
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time

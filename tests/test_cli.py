@@ -58,7 +58,7 @@ def test_checksum_mismatch_stops_fetch(workdir, mirror, tmp_path_factory, monkey
     target.write_text('{"task_id": 1}\n')
     monkeypatch.setenv("COMPLEXITYNET_MIRROR", str(bad_mirror))
     assert main(["fetch"]) == 2
-    assert f"mirror copy of 'mbpp': sha256 is" in caplog.text and FILES["mbpp"].sha256 in caplog.text
+    assert "mirror copy of 'mbpp': sha256 is" in caplog.text and FILES["mbpp"].sha256 in caplog.text
     assert not Path("data/sources/mbpp").exists()
 
 
