@@ -116,7 +116,7 @@ def fit_lora(data: dict[str, Split], num_labels: int, cfg: Train, seed: int, on_
     start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        total, batches, epoch_start = 0.0, 0, time.perf_counter()
+        total, batches, epoch_start = torch.zeros((), device=accelerator.device), 0, time.perf_counter()
         for batch in train_dl:
             labels = batch.pop("labels")
             loss = loss_fn(model(**batch).logits, labels)
@@ -124,10 +124,10 @@ def fit_lora(data: dict[str, Split], num_labels: int, cfg: Train, seed: int, on_
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            total, batches = total + loss.item(), batches + 1
+            total, batches = total + loss.detach(), batches + 1  # summed on the device: no per-batch sync
         train_seconds = time.perf_counter() - epoch_start
         probs = predict_loader(model, val_dl, accelerator)
-        row = {"epoch": epoch, "train_loss": total / max(batches, 1), "train_seconds": train_seconds,
+        row = {"epoch": epoch, "train_loss": float(total) / max(batches, 1), "train_seconds": train_seconds,
                **{f"val_{k}": v for k, v in scores(data["validation"].labels, probs).items()}}
         result.history.append(row)
         if on_epoch:
