@@ -15,7 +15,8 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,33 @@ class VerdictCache:
         self._fh.close()
 
 
-def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool: SandboxPool,
-            fingerprint: str, cache_dir: Path | None, progress: bool = False) -> dict[str, list[Verdict]]:
-    """Verdicts for every sample of every model (models run through one shared pool)."""
+@dataclass
+class Plan:
+    """What one execute run must do: every sample's job key, and the jobs not yet in the cache."""
+
+    keyed: dict[str, dict[tuple[str, int], str]]    # model -> (task_id, trial) -> job key
+    todo: dict[tuple[str, str], Job]                # (model, key) -> job; identical programs run once per model
+    caches: dict[str, VerdictCache | None]
+    fresh: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, model: str, key: str, record: dict[str, Any]) -> None:
+        """Keep one finished job's verdict record (and append it to the cache, durably)."""
+        self.fresh[model, key] = record
+        if self.caches[model] is not None:
+            self.caches[model].add(key, record)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        for cache in self.caches.values():
+            if cache is not None:
+                cache.close()
+
+
+def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerprint: str,
+         cache_dir: Path | None) -> Plan:
+    """Key every sample by content and list the jobs the verdict cache cannot answer."""
     caches = {m: VerdictCache(cache_dir / f"{m}.jsonl") if cache_dir else None for m in samples}
     keyed: dict[str, dict[tuple[str, int], str]] = {}
-    todo: dict[tuple[str, str], Job] = {}  # (model, key) -> job; identical programs run once per model
+    todo: dict[tuple[str, str], Job] = {}
     for model, rows in samples.items():
         keyed[model] = {}
         for sample in rows:
@@ -78,31 +100,44 @@ def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool
             cache = caches[model]
             if (cache is None or key not in cache.entries) and (model, key) not in todo:
                 todo[model, key] = Job((model, key), sample.code, problem.tests, problem.entry_point)
-    fresh: dict[tuple[str, str], dict[str, Any]] = {}
     total = sum(len(k) for k in keyed.values())
     log.info("execute: %d samples, %d to run (%d cached or duplicate)", total, len(todo), total - len(todo))
-    try:
-        for (model, key), outcome, seconds in _progress(pool.map(todo.values()), len(todo), progress):
-            record = _outcome_record(outcome, seconds)
-            fresh[model, key] = record
-            if caches[model] is not None:
-                caches[model].add(key, record)
-    finally:
-        for cache in caches.values():
-            if cache is not None:
-                cache.close()
+    return Plan(keyed, todo, caches)
+
+
+def run_jobs(pool: SandboxPool, jobs: Iterable[Job], total: int = 0,
+             progress: bool = False) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
+    """((model, key), verdict record) for each job, as each finishes."""
+    for key, outcome, seconds in _progress(pool.map(jobs), total, progress):
+        yield key, outcome_record(outcome, seconds)  # type: ignore[misc]
+
+
+def assemble(samples: dict[str, list[Sample]], done: Plan) -> dict[str, list[Verdict]]:
+    """One verdict per sample, in the samples' order, from this run's results or the cache."""
     verdicts: dict[str, list[Verdict]] = {}
     for model, rows in samples.items():
         out = []
         for sample in rows:
-            key = keyed[model][sample.task_id, sample.trial]
-            record = fresh.get((model, key)) or caches[model].entries[key]  # type: ignore[union-attr]
+            key = done.keyed[model][sample.task_id, sample.trial]
+            record = done.fresh.get((model, key)) or done.caches[model].entries[key]  # type: ignore[union-attr]
             out.append(Verdict(task_id=sample.task_id, trial=sample.trial, model=model, **record))
         verdicts[model] = out
     return verdicts
 
 
-def _outcome_record(outcome: Outcome, seconds: float) -> dict[str, Any]:
+def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool: SandboxPool,
+            fingerprint: str, cache_dir: Path | None, progress: bool = False) -> dict[str, list[Verdict]]:
+    """Verdicts for every sample of every model (models run through one shared pool)."""
+    todo = plan(samples, problems, fingerprint, cache_dir)
+    try:
+        for (model, key), record in run_jobs(pool, todo.todo.values(), len(todo.todo), progress):
+            todo.add(model, key, record)
+    finally:
+        todo.close()
+    return assemble(samples, todo)
+
+
+def outcome_record(outcome: Outcome, seconds: float) -> dict[str, Any]:
     return {"status": outcome.status, "tests_passed": outcome.tests_passed, "tests_total": outcome.tests_total,
             "duration_s": round(seconds, 4), "detail": outcome.detail}
 
