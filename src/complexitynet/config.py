@@ -156,6 +156,20 @@ class Evaluate(Section):
         return self
 
 
+class Orchestrate(Section):
+    """How the Prefect flow (flows/pipeline.py) runs the DAG; no stage's output depends on it."""
+
+    task_runner: Literal["threads", "dask"] = "threads"  # where fanned-out tasks run
+    max_workers: int = Field(0, ge=0)  # threads: tasks in flight at once; 0 = one per CPU core
+    dask_address: str | None = None  # dask: a running scheduler (tcp://host:8786); None = a LocalCluster
+    dask_workers: int = Field(2, ge=1)  # LocalCluster: worker processes (one thread each)
+    execute_batch: int = Field(256, ge=1)  # sandbox jobs per Prefect task
+    sandboxes_per_task: int = Field(1, ge=1)  # sandbox sessions each execute task opens
+    retries: int = Field(3, ge=0)  # Prefect retries of a task after an infrastructure error
+    retry_delay_s: float = Field(2.0, ge=0)  # first retry delay; doubles each time, with jitter
+    record_version: bool = True  # end with `dvc commit` (and `dvc push` when a DVC remote is set)
+
+
 class Price(Section):
     input: float = Field(ge=0)  # USD per 1M prompt tokens
     output: float = Field(ge=0)  # USD per 1M completion tokens
@@ -268,6 +282,7 @@ class Params(Section):
     label: Label = Label()
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
+    orchestrate: Orchestrate = Orchestrate()
     ladders: dict[str, list[ModelSpec]]
 
     @model_validator(mode="after")

@@ -87,6 +87,14 @@ def load_problems(paths: Paths) -> dict:
     return {p.task_id: p for p in read_jsonl(paths.problems, Problem)}
 
 
+def check_providers(params: Params, paths: Paths) -> None:
+    """Every model of the ladder can be sampled (e.g. its API-key variable is set), before any request."""
+    from complexitynet.providers import make_provider
+
+    for model in params.ladder:
+        make_provider(model, paths.sources).check()
+
+
 def sample_models(params: Params, paths: Paths, models: list[ModelSpec], problems: dict,
                   budget_usd: float | None = None):
     """Samples of `models` (a LadderRun); live ones go through the engine with `budget_usd` as their cap."""
@@ -140,6 +148,12 @@ class SandboxConfig:
         cfg = params.execute
         return cls(backend or cfg.backend, cfg.workers or os.cpu_count() or 1, cfg.image_build,
                    cfg.limits.model_dump(), cfg.timeouts.model_dump())
+
+    def resolved(self) -> SandboxConfig:
+        """The same with `auto` decided here, so every worker uses (and metrics name) one backend."""
+        from complexitynet.sandbox.backends import resolve_backend
+
+        return dataclasses.replace(self, backend=resolve_backend(self.backend))
 
     def fingerprint(self) -> str:
         """What a verdict depends on besides code and tests: the image, limits and timeouts."""

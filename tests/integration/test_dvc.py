@@ -1,56 +1,22 @@
 """`dvc repro` on a copy of the repository: the DAG runs, a second run does nothing, and a forced
 rerun rewrites byte-identical outputs."""
 
-import hashlib
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.project import make_project, run, tree_digest
+
 # The whole DAG, twice over (MBPP, then the HumanEval switch): minutes, not seconds.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 STAGES = ("fetch", "prepare", "sample", "execute", "label", "train", "evaluate")
 
 
-def run(cmd: list[str], cwd: Path, env: dict) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every output file's hash (the verdict cache, an append log, is not an output)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".gitignore" and "cache" not in p.relative_to(root).parts}
-
-
 @pytest.fixture()
 def project(tmp_path, mirror):
-    """The repository's tracked and unignored files, in a fresh git repo with no DVC outputs."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    dest = tmp_path / "repo"
-    for rel in files:
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
-    (dest / "dvc.lock").unlink(missing_ok=True)
-    # The whole DAG runs, with training cut to a smoke run (the full one takes minutes on 2 cores).
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["train"].update(epochs=1, max_train=16, max_length=64)
-    params["evaluate"]["bootstrap"] = 100
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "COMPLEXITYNET_MIRROR": str(mirror), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run(["git", "init", "-q"], dest, env)
-    return dest, env
+    return make_project(tmp_path, mirror)
 
 
 def test_repro_twice_then_forced_rerun_is_byte_identical(project):

@@ -323,13 +323,21 @@ def docker_available() -> bool:
 BACKENDS = ("auto", "docker", "bwrap")
 
 
-def make_backend(name: str, limits: Limits, image_build: str = "auto") -> Backend:
-    """`auto` picks docker when an engine answers, else bwrap."""
+def resolve_backend(name: str) -> str:
+    """`auto` means docker when an engine answers, else bwrap."""
     if name not in BACKENDS:
         raise SandboxError(f"unknown sandbox backend '{name}'; available: {list(BACKENDS)}")
-    if name == "docker" or (name == "auto" and docker_available()):
-        return DockerBackend(limits, image_build)
-    if name == "auto" and shutil.which("bwrap") is None:
+    if name != "auto":
+        return name
+    if docker_available():
+        return "docker"
+    if shutil.which("bwrap") is None:
         raise SandboxError("no sandbox available: no Docker engine answers and bwrap is not installed "
                            "(see README, Sandbox)")
+    return "bwrap"
+
+
+def make_backend(name: str, limits: Limits, image_build: str = "auto") -> Backend:
+    if resolve_backend(name) == "docker":
+        return DockerBackend(limits, image_build)
     return BwrapBackend(limits)

@@ -1,0 +1,260 @@
+"""The `complexitynet` Prefect flow: the whole DAG, one subflow per stage.
+
+It writes the same files as `dvc repro` (the DVC layout, byte for byte) through the same stage
+functions, and adds what an orchestrator is for: sampling fans out one task per model and
+execution one task per batch of sandbox jobs, on threads or on Dask workers (params
+`orchestrate`); infrastructure failures are retried per unit; a failed or killed run resumes
+from the content-addressed caches; the evaluation is published as Prefect artifacts; and the
+run ends by recording the new data version in DVC (`dvc commit`, plus `dvc push` when a remote
+is configured).
+
+    python flows/pipeline.py                      # once, on an ephemeral Prefect server
+    prefect deploy --name nightly                 # a scheduled deployment (prefect.yaml; see README)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # tasks/ sits beside flows/ and is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from complexitynet import execute as ex  # noqa: E402
+from complexitynet import stages  # noqa: E402
+from complexitynet.config import Orchestrate, Params, load_params  # noqa: E402
+from complexitynet.errors import ComplexityNetError  # noqa: E402
+from complexitynet.sandbox.backends import SandboxError  # noqa: E402
+from complexitynet.stages import Paths, SandboxConfig  # noqa: E402
+from tasks import pipeline as t  # noqa: E402
+
+log = logging.getLogger("complexitynet")
+
+
+# --- where fanned-out tasks run ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def task_runners(cfg: Orchestrate) -> Iterator[Callable[[], Any]]:
+    """A factory of task runners for the fan-out subflows: threads here, or one Dask cluster for
+    the whole run (a LocalCluster started and stopped here, or a running scheduler's address)."""
+    if cfg.task_runner == "threads":
+        workers = cfg.max_workers or os.cpu_count() or 1
+        yield lambda: ThreadPoolTaskRunner(max_workers=workers)
+        return
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.dask_address:
+        yield lambda: DaskTaskRunner(address=cfg.dask_address)
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=cfg.dask_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        yield lambda: DaskTaskRunner(address=cluster.scheduler_address)
+
+
+def ensure_limits(params: Params) -> None:
+    """Create (or resize) the global concurrency limits the tasks hold: one GPU slot, a slot per
+    sandbox (execute.workers, else this machine's cores), one engine per live model."""
+    from prefect import get_client
+
+    limits = {t.GPU_LIMIT: 1, t.SANDBOX_LIMIT: params.execute.workers or os.cpu_count() or 1}
+    limits.update({t.model_limit(m.name): 1 for m in params.ladder if m.live})
+    with get_client(sync_client=True) as client:
+        for name, limit in limits.items():
+            client.upsert_global_concurrency_limit_by_name(name, limit)
+
+
+def retrying(unit, cfg: Orchestrate):
+    """A unit task with the retry policy of params `orchestrate` (exponential backoff, jittered)."""
+    from prefect.tasks import exponential_backoff
+
+    return unit.with_options(retries=cfg.retries, retry_delay_seconds=exponential_backoff(cfg.retry_delay_s))
+
+
+# --- one subflow per stage --------------------------------------------------------------------
+
+@flow(name="fetch")
+def fetch_flow(params: Params, paths: Paths) -> None:
+    t.fetch(params, paths)
+
+
+@flow(name="prepare")
+def prepare_flow(params: Params, paths: Paths) -> None:
+    t.prepare(params, paths)
+
+
+@flow(name="sample")
+def sample_flow(params: Params, paths: Paths) -> list[str]:
+    """One task per model. Live models share sample.budget_usd equally (each engine enforces its share)."""
+    stages.check_providers(params, paths)  # a missing API key stops the run before any request
+    problems = stages.load_problems(paths)
+    live = [m for m in params.ladder if m.live]
+    share = None if params.sample.budget_usd is None else params.sample.budget_usd / max(len(live), 1)
+    problems_digest = t.digest(paths.problems.read_bytes().hex())
+    unit, futures = retrying(t.sample_model, params.orchestrate), []
+    for model in params.ladder:
+        key = None if model.live else t.digest("sample", model.model_dump(), params.sample.model_dump(),
+                                                problems_digest)
+        futures.append(unit.submit(params, paths, model, problems, share if model.live else None, key))
+    results = [f.result() for f in futures]
+    t.write_samples(params, paths, problems, [run for run, _ in results])
+    return sorted({worker for _, worker in results})
+
+
+@flow(name="execute")
+def execute_flow(params: Params, paths: Paths, sandbox: SandboxConfig) -> list[str]:
+    """Batches of the jobs the verdict cache cannot answer, one task each; every finished batch is
+    appended to the cache as it arrives, so a failed batch fails the run but loses nothing else."""
+    samples = stages.load_samples(params, paths)
+    work = ex.plan(samples, stages.load_problems(paths), sandbox.fingerprint(),
+                   paths.verdict_cache if params.execute.cache else None)
+    names = {(m, key): f"{m} {task_id}#{trial}" for m, keyed in work.keyed.items()
+             for (task_id, trial), key in keyed.items()}
+    jobs = list(work.todo.values())
+    size, sessions = params.orchestrate.execute_batch, params.orchestrate.sandboxes_per_task
+    unit, workers, failures = retrying(t.execute_batch, params.orchestrate), set(), []
+    try:
+        futures = {}
+        for start in range(0, len(jobs), size):
+            batch = jobs[start:start + size]
+            label = f"{names[batch[0].key]} .. {names[batch[-1].key]} ({len(batch)} jobs)"
+            future = unit.submit(batch, sandbox, sessions, label,
+                                 t.digest(sandbox.fingerprint(), [j.key for j in batch]))
+            futures[future] = label
+        for future in as_completed(list(futures)):
+            try:
+                records, worker = future.result()
+            except Exception as exc:  # noqa: BLE001 - collected; the other batches still land in the cache
+                failures.append(f"{futures[future]}: {exc}")
+                continue
+            workers.add(worker)
+            for (model, key), record in records:
+                work.add(model, key, record)
+    finally:
+        work.close()
+    if failures:
+        raise SandboxError(f"{len(failures)} sandbox batches failed after retries (every finished batch is "
+                           f"cached; rerun to resume):\n  " + "\n  ".join(failures))
+    t.write_verdicts(params, paths, samples, ex.assemble(samples, work), sandbox.backend)
+    return sorted(workers)
+
+
+@flow(name="label")
+def label_flow(params: Params, paths: Paths) -> None:
+    t.label(params, paths)
+
+
+@flow(name="train")
+def train_flow(params: Params, paths: Paths) -> dict[str, Any]:
+    return t.train(params, paths)
+
+
+@flow(name="evaluate")
+def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
+    result = t.evaluate(params, paths)
+    publish(result, params, paths)
+    return result
+
+
+def publish(result: dict[str, Any], params: Params, paths: Paths) -> None:
+    """The evaluation summary table, the report and a link to the frontier plot, as Prefect artifacts."""
+    rows = [{"policy": name, "pass_rate": p["pass_rate"], "cost_vs_largest": p["cost_vs_largest"],
+             "pgr": p.get("pgr")} for name, p in result["policies"].items()]
+    what = f"{params.base.dataset}, ladder {params.ladder_name}, {result['n_test']} test prompts"
+    create_table_artifact(key="complexitynet-evaluation", table=rows, description=f"Routing policies ({what})")
+    create_markdown_artifact(key="complexitynet-report", markdown=paths.report.read_text(encoding="utf-8"),
+                             description=f"reports/report.md ({what})")
+    create_link_artifact(key="complexitynet-frontier", link=(paths.plots / "frontier.png").resolve().as_uri(),
+                         link_text="cost-quality frontier (plots/frontier.png)")
+
+
+# --- the whole DAG ----------------------------------------------------------------------------
+
+def record_version(root: Path, params: Params, params_file: Path) -> str:
+    """`dvc commit` the outputs (dvc.lock now names this data version) and `dvc push` when a remote is
+    set. Skipped when the run's params differ from the params file (dvc.lock would then lie)."""
+    if not (root / ".dvc").is_dir():
+        return "not a DVC repository: data version not recorded"
+    if params_file.resolve() != (root / "params.yaml").resolve() or load_params(params_file) != params:
+        return "params differ from params.yaml (flow parameters): data version not recorded"
+    dvc = [sys.executable, "-m", "dvc"]
+    for cmd in ([*dvc, "commit", "--force", "--quiet"], [*dvc, "remote", "list"]):
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ComplexityNetError(f"`{' '.join(cmd[2:])}` failed in {root}: {proc.stderr.strip()}")
+    if not proc.stdout.strip():
+        return "dvc commit (no DVC remote configured: nothing pushed)"
+    push = subprocess.run([*dvc, "push", "--quiet"], cwd=root, capture_output=True, text=True, check=False)
+    if push.returncode != 0:
+        raise ComplexityNetError(f"`dvc push` failed in {root}: {push.stderr.strip()}")
+    return "dvc commit and dvc push"
+
+
+@flow(name="complexitynet")
+def complexitynet(dataset: str | None = None, ladder: str | None = None, k: int | None = None,
+                  task_runner: str | None = None, params_file: str = "params.yaml") -> dict[str, Any]:
+    """fetch -> prepare -> sample -> execute -> label -> train -> evaluate, in the working directory
+    (the repository root). None leaves a setting as params.yaml has it; `k` sets both the live
+    trials per (prompt, model) and the labels' k for the dataset."""
+    logger = get_run_logger()
+    overrides: dict[str, Any] = {"base.dataset": dataset, "base.ladder": ladder,
+                                 "orchestrate.task_runner": task_runner}
+    if k is not None:
+        base = load_params(params_file, {"base.dataset": dataset} if dataset else None)
+        overrides.update({"sample.k": k, f"label.k.{base.base.dataset}": k})
+    params = load_params(params_file, {key: v for key, v in overrides.items() if v is not None})
+    root = Path.cwd()
+    paths = Paths().under(root)
+    ensure_limits(params)
+    fetch_flow(params, paths)
+    prepare_flow(params, paths)
+    with task_runners(params.orchestrate) as runner:
+        sampled_on = sample_flow.with_options(task_runner=runner())(params, paths)
+        sandbox = SandboxConfig.from_params(params).resolved()
+        executed_on = execute_flow.with_options(task_runner=runner())(params, paths, sandbox)
+    label_flow(params, paths)
+    trained = train_flow(params, paths)
+    result = evaluate_flow(params, paths)
+    version = record_version(root, params, Path(params_file)) if params.orchestrate.record_version else "off"
+    router = result["policies"]["router"]
+    logger.info("complexitynet: router pass rate %.3f at %.1f%% of always-largest's cost; %s",
+                router["pass_rate"], 100 * router["cost_vs_largest"], version)
+    return {"dataset": params.base.dataset, "ladder": params.ladder_name, "sample_workers": sampled_on,
+            "execute_workers": executed_on, "lora_run_id": trained["run_id"], "router": router,
+            "data_version": version}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the complexitynet flow once (ephemeral Prefect server "
+                                     "unless PREFECT_API_URL points at one).")
+    parser.add_argument("--dataset", choices=["mbpp", "humaneval"])
+    parser.add_argument("--ladder")
+    parser.add_argument("--k", type=int)
+    parser.add_argument("--task-runner", choices=["threads", "dask"])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        complexitynet(args.dataset, args.ladder, args.k, args.task_runner, args.params)
+    except ComplexityNetError as exc:
+        log.error("error: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""A scratch copy of the repository for tests that run the whole DAG (DVC, the Prefect flow)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(tmp_path: Path, mirror: Path, **param_updates: dict) -> tuple[Path, dict[str, str]]:
+    """The repository's tracked and unignored files in a fresh git repo with no DVC outputs, training
+    cut to a smoke run (the full one takes minutes on 2 cores), and the environment to run it in."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dest = tmp_path / "repo"
+    for rel in files:
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["train"].update(epochs=1, max_train=16, max_length=64)
+    params["evaluate"]["bootstrap"] = 100
+    for section, values in param_updates.items():
+        params[section].update(values)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "COMPLEXITYNET_MIRROR": str(mirror),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run(["git", "init", "-q"], dest, env)
+    return dest, env
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: float = 900) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every output file's hash (caches, append logs, are not outputs)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".gitignore" and "cache" not in p.relative_to(root).parts}
