@@ -237,6 +237,39 @@ def cmd_sandbox_image(params: Params, args: argparse.Namespace) -> None:
     backend.close()
 
 
+def cmd_route(params: Params, args: argparse.Namespace) -> None:
+    from complexitynet.route import (
+        check_levels,
+        decide,
+        default_target,
+        load_router_classifier,
+        serving_ladder,
+    )
+
+    cfg = params.serve
+    name, ladder = serving_ladder(params, args.ladder, live=False)
+    clf = load_router_classifier(args.classifier or cfg.classifier, cfg.torch_threads)
+    check_levels(clf.classes, name, ladder, args.classifier or cfg.classifier)
+    target, origin = (args.target, "--target") if args.target is not None else \
+        default_target(cfg.target, Path(cfg.eval_metrics), cfg.fallback_target)
+    decision = decide(clf.predict_proba([args.prompt])[0], ladder, clf.classes, target)
+    if args.json:
+        print(json.dumps({**decision.as_dict(), "target_source": origin, "ladder": name}, indent=2))
+        return
+    print(f"predicted level: {decision.level}")
+    print("probabilities:   " + ", ".join(f"{c} {p:.3f}" for c, p in decision.probs.items()))
+    print("P(success):      " + ", ".join(f"{m} {p:.3f}" for m, p in decision.success.items()))
+    print(f"target:          {target:g} ({origin})")
+    print(f"chosen model:    {decision.model} (ladder {name})")
+    print(f"why:             {decision.explain(ladder)}")
+
+
+def cmd_serve(params: Params, args: argparse.Namespace) -> None:
+    from complexitynet.serve import serve
+
+    serve(params, args.classifier, args.ladder, args.host, args.port)
+
+
 PROBLEMS, LABELS, BASELINES = "data/problems.jsonl", "data/labels.jsonl", "models/baselines"
 
 
@@ -274,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
           problems=PROBLEMS, labels=LABELS, samples="data/samples", classifier="models/classifier",
           baselines=BASELINES, execute_metrics="metrics/execute.json", metrics="metrics/eval.json",
           plots="plots", report="reports/report.md")
+    p = stage(sub, "route", cmd_route, "print the routing decision for one prompt, and why")
+    p.add_argument("prompt", help="the prompt (what the classifier reads: the task statement)")
+    p.add_argument("--target", type=float, help="quality target (default: serve.target, else metrics/eval.json)")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p = stage(sub, "serve", cmd_serve, "serve the OpenAI-compatible router (see README, Router service)")
+    p.add_argument("--host", help="override serve.host")
+    p.add_argument("--port", type=int, help="override serve.port")
+    for q in sub.choices["route"], p:
+        q.add_argument("--classifier", help="directory or MLflow model URI (default: serve.classifier)")
+        q.add_argument("--ladder", help="ladder to route over (default: serve.ladder)")
     stage(sub, "sandbox-image", cmd_sandbox_image, "build the Docker sandbox image if the engine lacks it")
     return parser
 
