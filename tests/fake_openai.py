@@ -13,6 +13,11 @@ body's hash, how many times that body was seen before, and the parsed body:
 - "html": 200 with an HTML page (a proxy's error page, say)
 - "no_choices": 200 with JSON that lacks `choices`
 - "no_usage": a normal answer without `usage`
+- "401_echo": 401 whose message repeats the presented key (as some providers' errors do)
+
+`reply` (body -> text), when given, chooses the completion text (e.g. per model). A request with
+`"stream": true` is answered as server-sent events (a role chunk, content chunks, a finish chunk,
+a usage chunk when `stream_options.include_usage` is set, then `[DONE]`).
 
 It counts requests: every attempt and every successful answer per body hash, so tests can assert
 that no request succeeded twice. It also serves the Batch API (file upload, batch create, retrieve,
@@ -58,8 +63,10 @@ class FakeOpenAI:
     """The server; `base_url` is valid between start() and stop() (or inside `with`)."""
 
     def __init__(self, latency_s: float = 0.0, faults: Faults | None = None, retry_after: str = "0.05",
-                 slow_s: float = 5.0, api_key: str | None = None, batch_delay_s: float = 0.2) -> None:
+                 slow_s: float = 5.0, api_key: str | None = None, batch_delay_s: float = 0.2,
+                 reply: Callable[[dict], str] | None = None) -> None:
         self.latency_s = latency_s
+        self.reply = reply
         self.faults = faults
         self.retry_after = retry_after
         self.slow_s = slow_s
@@ -136,11 +143,22 @@ class FakeOpenAI:
             return self._count("malformed", web.Response(text='{"id": "x", "choices": [', content_type="application/json"))
         if fault == "html":
             return self._count("html", web.Response(text="<html>upstream error</html>", content_type="text/html"))
+        if fault == "401_echo":
+            presented = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return self._count("401", web.json_response(
+                {"error": {"message": f"Incorrect API key provided: {presented}"}}, status=401))
         if fault == "no_choices":
             return self._count("no_choices", web.json_response({"id": "x", "object": "chat.completion"}))
         with self._lock:
             self.bodies[key] = body
         text, prompt_tokens, completion_tokens = answer(body, key)
+        if self.reply is not None:
+            text = self.reply(body)
+        if body.get("stream"):
+            with self._lock:
+                self.successes[key] += 1
+            self._count("200", None)
+            return await self._stream(request, body, key, text, (prompt_tokens, completion_tokens))
         payload = {
             "id": f"chatcmpl-{key}", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -152,6 +170,23 @@ class FakeOpenAI:
         with self._lock:
             self.successes[key] += 1
         return self._count("200", web.json_response(payload))
+
+    async def _stream(self, request: web.Request, body: dict, key: str, text: str,
+                      tokens: tuple[int, int]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": f"chatcmpl-{key}", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
+        deltas = [{"role": "assistant", "content": ""}] + [{"content": text[i:i + 16]} for i in range(0, len(text), 16)]
+        events = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({**base, "choices": [], "usage": {"prompt_tokens": tokens[0], "completion_tokens": tokens[1],
+                                                            "total_tokens": sum(tokens)}})
+        for event in events:
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     def _authorised(self, request: web.Request) -> bool:
         return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"

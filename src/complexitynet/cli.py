@@ -7,6 +7,7 @@ stages.py (which the Prefect flow calls too); no logic lives here.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -48,6 +49,39 @@ def run_stage(params: Params, args: argparse.Namespace) -> None:
         func(params, paths)
 
 
+def cmd_route(params: Params, args: argparse.Namespace) -> None:
+    from complexitynet.route import (
+        check_levels,
+        decide,
+        default_target,
+        load_router_classifier,
+        serving_ladder,
+    )
+
+    cfg = params.serve
+    name, ladder = serving_ladder(params, args.ladder, live=False)
+    clf = load_router_classifier(args.classifier or cfg.classifier, cfg.torch_threads)
+    check_levels(clf.classes, name, ladder, args.classifier or cfg.classifier)
+    target, origin = (args.target, "--target") if args.target is not None else \
+        default_target(cfg.target, Path(cfg.eval_metrics), cfg.fallback_target)
+    decision = decide(clf.predict_proba([args.prompt])[0], ladder, clf.classes, target)
+    if args.json:
+        print(json.dumps({**decision.as_dict(), "target_source": origin, "ladder": name}, indent=2))
+        return
+    print(f"predicted level: {decision.level}")
+    print("probabilities:   " + ", ".join(f"{c} {p:.3f}" for c, p in decision.probs.items()))
+    print("P(success):      " + ", ".join(f"{m} {p:.3f}" for m, p in decision.success.items()))
+    print(f"target:          {target:g} ({origin})")
+    print(f"chosen model:    {decision.model} (ladder {name})")
+    print(f"why:             {decision.explain(ladder)}")
+
+
+def cmd_serve(params: Params, args: argparse.Namespace) -> None:
+    from complexitynet.serve import serve
+
+    serve(params, args.classifier, args.ladder, args.host, args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="complexitynet", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
@@ -61,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=run_stage)
     sub.choices["execute"].add_argument("--backend", choices=["auto", "docker", "bwrap"],
                                         help="override params execute.backend")
+    p = sub.add_parser("route", help="print the routing decision for one prompt, and why")
+    p.add_argument("prompt", help="the prompt (what the classifier reads: the task statement)")
+    p.add_argument("--target", type=float, help="quality target (default: serve.target, else metrics/eval.json)")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.set_defaults(func=cmd_route)
+    q = sub.add_parser("serve", help="serve the OpenAI-compatible router (see README, Router service)")
+    q.add_argument("--host", help="override serve.host")
+    q.add_argument("--port", type=int, help="override serve.port")
+    q.set_defaults(func=cmd_serve)
+    for cmd in p, q:
+        cmd.add_argument("--classifier", help="directory or MLflow model URI (default: serve.classifier)")
+        cmd.add_argument("--ladder", help="ladder to route over (default: serve.ladder)")
     return parser
 
 

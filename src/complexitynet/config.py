@@ -170,6 +170,38 @@ class Orchestrate(Section):
     record_version: bool = True  # end with `dvc commit` (and `dvc push` when a DVC remote is set)
 
 
+class ServeVerify(Section):
+    """The sandbox that judges answers of requests carrying unit tests (verified escalation)."""
+
+    backend: Literal["auto", "docker", "bwrap"] = "auto"  # limits and timeouts come from `execute`
+    workers: int = Field(2, ge=1)  # sandboxes judging answers at once
+
+
+class Serve(Section):
+    """The router service (`complexitynet serve`) and the `complexitynet route` command."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)  # 0 = any free port
+    # A classifier directory, or an MLflow model URI (models:/complexitynet-classifier@champion).
+    classifier: str = "models/classifier"
+    # The ladder to route over: one rung per classifier level, cheapest first, `provider: openai`.
+    ladder: str | None = None
+    target: float | None = Field(None, ge=0, le=1)  # None = the calibrated target in `eval_metrics`
+    eval_metrics: str = "metrics/eval.json"  # written by `complexitynet evaluate`
+    fallback_target: float = Field(0.9, ge=0, le=1)  # when target is None and eval_metrics is missing
+    batch_size: int = Field(32, ge=1)  # prompts classified together under load (micro-batching)
+    batch_wait_ms: float = Field(2.0, ge=0)  # how long a lone prompt waits for company
+    torch_threads: int = Field(0, ge=0)  # classifier threads; 0 = one per core
+    queue: int = Field(256, ge=1)  # prompts waiting for the classifier; beyond it: 503 + Retry-After
+    max_in_flight: int = Field(1024, ge=1)  # requests being served at once; beyond it: 503 + Retry-After
+    retry_after_s: int = Field(1, ge=1)  # what a 503 asks the client to wait
+    max_body_mb: float = Field(4.0, gt=0)  # larger request bodies get 413
+    upstream_timeout_s: float = Field(120.0, gt=0)  # one upstream attempt, wall clock
+    upstream_retries: int = Field(1, ge=0)  # per rung, on 408/429/5xx/timeouts, before escalating
+    backoff_s: float = Field(0.2, ge=0)  # first retry delay, doubled per retry
+    verify: ServeVerify = ServeVerify()
+
+
 class Price(Section):
     input: float = Field(ge=0)  # USD per 1M prompt tokens
     output: float = Field(ge=0)  # USD per 1M completion tokens
@@ -283,6 +315,7 @@ class Params(Section):
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     orchestrate: Orchestrate = Orchestrate()
+    serve: Serve = Serve()
     ladders: dict[str, list[ModelSpec]]
 
     @model_validator(mode="after")
@@ -311,6 +344,12 @@ class Params(Section):
             raise ValueError(f"label.k: no trial count for dataset '{self.base.dataset}'")
         if self.base.dataset not in self.prepare.templates:
             raise ValueError(f"prepare.templates: no prompt template for dataset '{self.base.dataset}'")
+        return self
+
+    @model_validator(mode="after")
+    def _serve_ladder(self) -> Params:
+        if self.serve.ladder is not None and self.serve.ladder not in self.ladders:
+            raise ValueError(f"serve.ladder: no ladder named '{self.serve.ladder}'; defined: {sorted(self.ladders)}")
         return self
 
     @property

@@ -1,0 +1,174 @@
+"""The routing decision for one prompt: the classifier's level probabilities and the ladder's prices
+in, the cheapest rung whose predicted success meets the target out, with the reasons.
+
+The rule is the evaluate stage's (`routing.choose`): rung i succeeds with probability P(level <= i);
+take the cheapest rung that meets the target, else the largest. The classifier's level i is served
+by rung i of the serving ladder, so the two must have the same number of rungs. Everything here is
+pure except the loaders at the bottom, which read files (or the MLflow registry).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from complexitynet.errors import ConfigError, DataError
+from complexitynet.routing import choose, success_probs
+
+if TYPE_CHECKING:
+    from complexitynet.classifier import Classifier
+    from complexitynet.config import ModelSpec, Params
+
+ROUTED = "complexitynet"  # the model name that routes; "complexitynet:0.9" routes with target 0.9
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One prompt's routing decision and everything needed to explain it."""
+
+    probs: dict[str, float]  # per classifier level (the ladder's rungs, then "none")
+    success: dict[str, float]  # per rung: predicted P(the rung solves the prompt)
+    target: float
+    index: int  # the chosen rung
+    model: str
+    met: bool  # False: no rung reached the target, so the largest was chosen
+
+    @property
+    def level(self) -> str:
+        """The most likely level (a rung's name, or "none")."""
+        return max(self.probs, key=self.probs.__getitem__)
+
+    def explain(self, ladder: list[ModelSpec]) -> str:
+        spec = ladder[self.index]
+        price = f"${spec.price.input:g}/${spec.price.output:g} per 1M input/output tokens"
+        if not self.met:
+            return (f"no rung reaches predicted success {self.target:g} (best: {max(self.success.values()):.3f}); "
+                    f"routing to the largest, {self.model} ({price})")
+        cheaper = [f"{m} {p:.3f}" for m, p in list(self.success.items())[: self.index]]
+        why = f"; cheaper rungs fall short ({', '.join(cheaper)})" if cheaper else " and is the cheapest rung"
+        return (f"{self.model} is predicted to succeed with {self.success[self.model]:.3f} >= target "
+                f"{self.target:g}{why}; price {price}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "index": self.index, "level": self.level, "target": self.target,
+                "met": self.met, "probs": self.probs, "success": self.success}
+
+
+def decide(level_probs: np.ndarray, ladder: list[ModelSpec], classes: list[str], target: float) -> Decision:
+    """The decision for one prompt's probabilities over `classes` (len(ladder) + 1 levels)."""
+    row = np.asarray(level_probs, dtype=np.float64).reshape(1, -1)
+    index = int(choose(row, target)[0])
+    success = success_probs(row)[0]
+    names = [m.name for m in ladder]
+    return Decision(probs={c: round(float(p), 6) for c, p in zip(classes, row[0])},
+                    success={n: round(float(s), 6) for n, s in zip(names, success)},
+                    target=target, index=index, model=names[index], met=bool(success[index] >= target - 1e-12))
+
+
+def parse_model(name: str) -> tuple[bool, float | None]:
+    """(routed, target) for a request's model name: "complexitynet" -> (True, None),
+    "complexitynet:0.9" -> (True, 0.9), anything else -> (False, None). A bad suffix is a ValueError."""
+    if name != ROUTED and not name.startswith(ROUTED + ":"):
+        return False, None
+    if name == ROUTED:
+        return True, None
+    suffix = name[len(ROUTED) + 1:]
+    try:
+        target = float(suffix)
+    except ValueError:
+        target = math.nan
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"model '{name}': the quality target after '{ROUTED}:' must be a number in [0, 1], "
+                         f"e.g. '{ROUTED}:0.9'")
+    return True, target
+
+
+def prompt_text(messages: Any) -> str:
+    """What the classifier reads: the last user message (text parts joined). Raises ValueError or
+    TypeError naming the problem when `messages` is not a Chat Completions message list with a user turn."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list of chat messages")
+    for message in reversed(messages):
+        if not isinstance(message, dict):
+            raise TypeError("every item of 'messages' must be an object with 'role' and 'content'")
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            raise ValueError("the last user message has no text 'content'")
+    raise ValueError("'messages' has no message with role 'user' to route on")
+
+
+def default_target(configured: float | None, eval_metrics: Path, fallback: float) -> tuple[float, str]:
+    """(target, where it came from): the configured one, else the calibrated one that evaluate wrote
+    to metrics/eval.json, else the fallback param."""
+    if configured is not None:
+        return configured, "serve.target"
+    if eval_metrics.exists():
+        try:
+            target = float(json.loads(eval_metrics.read_text())["target"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{eval_metrics}: no numeric 'target' ({exc!r}); rerun `complexitynet evaluate` "
+                            "or set serve.target in params.yaml") from None
+        return target, f"calibrated ({eval_metrics})"
+    return fallback, "serve.fallback_target (no metrics/eval.json)"
+
+
+def serving_ladder(params: Params, name: str | None = None, live: bool = True) -> tuple[str, list[ModelSpec]]:
+    """The ladder to route over (`name`, else serve.ladder); with `live`, every rung must be able to
+    answer requests (provider: openai)."""
+    name = name or params.serve.ladder
+    if name is None:
+        raise ConfigError("params.yaml: serve.ladder is not set; name a ladder of `provider: openai` rungs "
+                          "(e.g. openai-router), one per classifier level, cheapest first")
+    if name not in params.ladders:
+        raise ConfigError(f"params.yaml: no ladder named '{name}'; defined: {sorted(params.ladders)}")
+    ladder = params.ladders[name]
+    if live:
+        for spec in ladder:
+            if spec.provider != "openai":
+                raise ConfigError(
+                    f"params.yaml: ladders.{name}: rung '{spec.name}' is provider '{spec.provider}', which cannot "
+                    "answer live requests; serve a ladder whose rungs are all `provider: openai` "
+                    "(set serve.ladder, e.g. openai-router)")
+    return name, ladder
+
+
+def check_levels(classes: list[str], ladder_name: str, ladder: list[ModelSpec], source: str) -> None:
+    """The classifier's levels must map one to one onto the ladder's rungs (plus "none")."""
+    if len(classes) != len(ladder) + 1:
+        raise ConfigError(
+            f"classifier {source} predicts {len(classes) - 1} levels ({', '.join(classes[:-1])}) but ladder "
+            f"'{ladder_name}' has {len(ladder)} rungs; serve a ladder with {len(classes) - 1} rungs, cheapest "
+            "first (rung i serves level i), or retrain the classifier on a ladder of that size")
+
+
+def load_router_classifier(source: str, threads: int = 0) -> Classifier:
+    """Load the classifier from a directory or an MLflow model URI (models:/name@alias, runs:/...),
+    on the CPU or GPU that classifier.device() picks; `threads` > 0 caps torch's CPU threads."""
+    import torch
+
+    from complexitynet.classifier import load_classifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    if source.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+        except Exception as exc:  # noqa: BLE001 - any registry failure: say which URI and how to fix it
+            raise ConfigError(f"serve.classifier '{source}': cannot load it from MLflow ({exc}); check "
+                              "MLFLOW_TRACKING_URI and the model name/alias, or give a directory") from None
+        return load_classifier(local / "artifacts" / "classifier")
+    if not Path(source).exists():
+        raise ConfigError(f"serve.classifier '{source}': no such directory; run `complexitynet train`, or "
+                          "point serve.classifier at a classifier directory or an MLflow model URI")
+    return load_classifier(Path(source))

@@ -1,0 +1,242 @@
+"""The HTTP layer: an OpenAI-compatible server over the Router.
+
+Endpoints: POST /v1/chat/completions (streaming and not), GET /v1/models, POST /v1/route (the
+decision only), GET /health, GET /metrics (Prometheus). aiohttp serves it: its HTTP parser is C
+and its client pools upstream connections cheaply, while uvicorn here would run on h11, a
+pure-Python parser (uvloop/httptools are not in requirements.lock). Every error is an
+OpenAI-style object `{"error": {"message", "type", "code", "param"}}`; overload is a 503 with
+Retry-After. Nothing here logs or returns request content or an API key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from complexitynet.route import prompt_text
+from complexitynet.sandbox.backends import SandboxError
+from complexitynet.serve import sse
+from complexitynet.serve.batcher import Overloaded
+from complexitynet.serve.router import AllFailed, Attempt, Plan, Router, UnknownModel
+from complexitynet.serve.upstream import KeyMissing, UpstreamRejected
+from complexitynet.serve.verify import parse_tests
+
+log = logging.getLogger(__name__)
+ROUTER = web.AppKey("router", Router)
+
+
+class ApiError(Exception):
+    """An error the caller gets as an OpenAI-style object."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        body = {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+        return web.json_response(body, status=self.status, headers=self.headers)
+
+
+def bad_request(message: str, code: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", code, param)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every failure becomes an OpenAI-style error; an unexpected one is logged and the server goes on."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        request.app[ROUTER].metrics.rejected.labels(exc.code).inc()
+        return exc.response()
+    except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method, body too large
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
+        return ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}", "invalid_request_error",
+                        code).response()
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return ApiError(500, "internal error in the router (logged)", "server_error", "internal_error").response()
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    limit = request.app[ROUTER].cfg.max_body_mb
+    if request.content_length is not None and request.content_length > limit * 2**20:
+        raise ApiError(413, f"request body of {request.content_length} bytes exceeds the router's limit of "
+                       f"{limit:g} MB (serve.max_body_mb)", "invalid_request_error", "request_too_large")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"request body exceeds the router's limit of {limit:g} MB (serve.max_body_mb)",
+                       "invalid_request_error", "request_too_large") from None
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc})", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object", "invalid_json")
+    return body
+
+
+def overloaded(router: Router, why: str) -> ApiError:
+    return ApiError(503, f"the router is overloaded ({why}); retry after {router.cfg.retry_after_s} s",
+                    "server_error", "overloaded", headers={"Retry-After": str(router.cfg.retry_after_s)})
+
+
+async def plan_for(router: Router, body: dict[str, Any], arrived: float) -> Plan:
+    """Validate the request and decide where it goes (the classifier runs only for routed names)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("you must provide a model name ('complexitynet' routes)", "missing_model", "model")
+    try:
+        routed, target, index = router.resolve(model)
+        text = prompt_text(body.get("messages"))
+    except UnknownModel as exc:
+        raise ApiError(404, str(exc), "invalid_request_error", "model_not_found", "model") from None
+    except (TypeError, ValueError) as exc:
+        param = "model" if "model '" in str(exc) else "messages"
+        raise bad_request(str(exc), f"invalid_{param}", param) from None
+    if not routed:
+        return Plan(index, index + 1)
+    try:
+        decision = await router.decide(text, target)
+    except Overloaded:
+        raise overloaded(router, "classifier queue full") from None
+    router.metrics.routing_seconds.observe(time.perf_counter() - arrived)
+    return Plan(decision.index, len(router.ladder), decision)
+
+
+def route_headers(plan: Plan, model: str, tried: list[Attempt]) -> dict[str, str]:
+    headers = {"x-complexitynet-model": model, "x-complexitynet-tried": ",".join(a.model for a in tried)}
+    if plan.decision is not None:
+        headers["x-complexitynet-level"] = plan.decision.level
+        headers["x-complexitynet-target"] = f"{plan.decision.target:g}"
+    return headers
+
+
+def extension(plan: Plan, model: str, tried: list[Attempt]) -> dict[str, Any]:
+    return {"model": model, "routed": plan.decision is not None,
+            "decision": plan.decision.as_dict() if plan.decision else None,
+            "tried": [dataclasses.asdict(a) for a in tried]}
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    router = request.app[ROUTER]
+    arrived = time.perf_counter()
+    if router.in_flight >= router.cfg.max_in_flight:
+        raise overloaded(router, f"{router.in_flight} requests in flight")
+    router.in_flight += 1
+    try:
+        return await _chat(request, router, arrived)
+    finally:
+        router.in_flight -= 1
+
+
+async def _chat(request: web.Request, router: Router, arrived: float) -> web.StreamResponse:
+    body = await json_body(request)
+    try:
+        tests = parse_tests(body.pop("complexitynet", None))
+    except (TypeError, ValueError) as exc:
+        raise bad_request(str(exc), "invalid_tests", "complexitynet") from None
+    plan = await plan_for(router, body, arrived)
+    stream = bool(body.get("stream"))
+    keep_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    try:
+        if stream and tests is None:
+            return await _relay(request, router, body, plan, keep_usage)
+        answer = await router.answer({**body, "stream": False} if stream else body, plan, tests)
+    except KeyMissing as exc:
+        raise ApiError(500, str(exc), "server_error", "upstream_key_missing") from None
+    except UpstreamRejected as exc:
+        return web.Response(body=exc.body, status=exc.status, content_type="application/json")
+    except AllFailed as exc:
+        router.metrics.requests.labels("none", "upstream_error").inc()
+        raise ApiError(502, f"no model answered; tried {exc}", "server_error", "upstream_unavailable") from None
+    except SandboxError as exc:
+        raise ApiError(503, f"cannot judge the answer: {exc}", "server_error", "sandbox_unavailable") from None
+    name = answer.upstream.name
+    router.metrics.requests.labels(name, "ok").inc()
+    headers = route_headers(plan, name, answer.tried)
+    if stream:
+        return web.Response(body=sse.from_answer(answer.data, keep_usage), headers=headers,
+                            content_type="text/event-stream")
+    return web.json_response({**answer.data, "complexitynet": extension(plan, name, answer.tried)}, headers=headers)
+
+
+async def _relay(request: web.Request, router: Router, body: dict[str, Any], plan: Plan,
+                 keep_usage: bool) -> web.StreamResponse:
+    upstream_body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    resp, up, tried = await router.open_stream(upstream_body, plan)
+    out = web.StreamResponse(headers={**route_headers(plan, up.name, tried), "Content-Type": "text/event-stream",
+                                      "Cache-Control": "no-cache"})
+    try:
+        await out.prepare(request)
+        usage = await sse.relay(resp, out.write, keep_usage)
+    finally:
+        resp.release()
+    router.metrics.usage(up.name, usage, up.spec.price.input, up.spec.price.output)
+    router.metrics.requests.labels(up.name, "ok").inc()
+    await out.write_eof()
+    return out
+
+
+async def route_only(request: web.Request) -> web.Response:
+    """POST /v1/route: the decision for {"messages": [...]} or {"prompt": "..."}, nothing forwarded."""
+    router = request.app[ROUTER]
+    body = await json_body(request)
+    if isinstance(body.get("prompt"), str):
+        body = {**body, "messages": [{"role": "user", "content": body["prompt"]}]}
+    body.setdefault("model", "complexitynet")
+    plan = await plan_for(router, body, time.perf_counter())
+    if plan.decision is None:
+        raise bad_request("/v1/route decides for routed names only ('complexitynet' or 'complexitynet:<target>')",
+                          "invalid_model", "model")
+    return web.json_response({**plan.decision.as_dict(), "explanation": plan.decision.explain(router.ladder),
+                              "prices": {m.name: m.price.model_dump() for m in router.ladder}})
+
+
+async def models(request: web.Request) -> web.Response:
+    names = ["complexitynet", *request.app[ROUTER].models()]
+    return web.json_response({"object": "list", "data": [
+        {"id": n, "object": "model", "created": 0, "owned_by": "complexitynet"} for n in names]})
+
+
+async def health(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    return web.json_response({"status": "ok", "ladder": router.ladder_name, "models": router.models(),
+                              "target": router.target, "target_source": router.target_source,
+                              "in_flight": router.in_flight})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[ROUTER].metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def build_app(router: Router) -> web.Application:
+    # aiohttp refuses bodies over client_max_size while reading; json_body turns that into a 413
+    app = web.Application(middlewares=[openai_errors], client_max_size=int(router.cfg.max_body_mb * 2**20) + 1)
+    app[ROUTER] = router
+
+    async def start(app: web.Application) -> None:
+        await router.start()
+
+    async def stop(app: web.Application) -> None:
+        await router.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/route", route_only)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app

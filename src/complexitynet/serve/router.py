@@ -1,0 +1,171 @@
+"""The router behind the HTTP layer: routing decisions (micro-batched classifier) and forwarding up
+the ladder with escalation.
+
+A routed request starts at the rung the decision picks and moves to the next rung up when that one
+fails (no answer after its retries), or, when the request carries unit tests, when its answer's code
+fails them in the sandbox. A concrete model name is forwarded to that rung only. A client error
+that the upstream reports (a 4xx such as a bad parameter) is passed back, not escalated: a bigger
+model would refuse it too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from complexitynet.config import Execute, ModelSpec, Serve
+from complexitynet.route import Decision, decide, parse_model
+from complexitynet.serve.batcher import MicroBatcher, Predict
+from complexitynet.serve.metrics import Metrics
+from complexitynet.serve.upstream import Upstream, UpstreamFailed
+from complexitynet.serve.verify import TestSpec, Verifier
+
+
+class UnknownModel(Exception):
+    pass
+
+
+@dataclass
+class Attempt:
+    """One rung tried for a request: `ok`, `upstream_error`, `tests_passed` or `tests_failed`."""
+
+    model: str
+    result: str
+    detail: str = ""
+
+
+@dataclass
+class Answer:
+    data: dict[str, Any]  # the upstream's chat.completion
+    upstream: Upstream
+    tried: list[Attempt] = field(default_factory=list)
+
+
+class AllFailed(Exception):
+    def __init__(self, tried: list[Attempt]) -> None:
+        super().__init__("; ".join(f"{a.model}: {a.detail}" for a in tried))
+        self.tried = tried
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a request goes: rungs start..stop-1, and the decision when it was routed."""
+
+    start: int
+    stop: int
+    decision: Decision | None = None
+
+
+class Router:
+    def __init__(self, ladder_name: str, ladder: list[ModelSpec], classes: list[str], predict: Predict,
+                 target: float, target_source: str, cfg: Serve, execute: Execute) -> None:
+        self.ladder_name, self.ladder, self.classes = ladder_name, ladder, classes
+        self.target, self.target_source, self.cfg = target, target_source, cfg
+        self.index = {m.name: i for i, m in enumerate(ladder)}
+        self.metrics = Metrics()
+        self.batcher = MicroBatcher(predict, cfg.batch_size, cfg.batch_wait_ms / 1000, cfg.queue)
+        self.verifier = Verifier(cfg.verify, execute)
+        self.upstreams: list[Upstream] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.in_flight = 0  # chat requests being served (the HTTP layer bounds it)
+
+    async def start(self) -> None:
+        """Open the upstream connection pool and the batcher (inside the serving event loop)."""
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+        self.upstreams = [Upstream(spec, self.session, self.cfg.upstream_timeout_s, self.cfg.upstream_retries,
+                                   self.cfg.backoff_s) for spec in self.ladder]
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if self.session is not None:
+            await self.session.close()
+        self.verifier.close()
+
+    async def decide(self, text: str, target: float | None) -> Decision:
+        probs = await self.batcher.submit(text)
+        decision = decide(np.asarray(probs), self.ladder, self.classes, self.target if target is None else target)
+        self.metrics.routed.labels(decision.model).inc()
+        return decision
+
+    def models(self) -> list[str]:
+        return [m.name for m in self.ladder]
+
+    def resolve(self, model: str) -> tuple[bool, float | None, int]:
+        """(routed, target, rung index) for a request's model name; UnknownModel or ValueError if bad."""
+        routed, target = parse_model(model)
+        if routed:
+            return True, target, 0
+        if model not in self.index:
+            raise UnknownModel(f"The model '{model}' does not exist on this router; use 'complexitynet' "
+                               f"(optionally 'complexitynet:<target>') or one of {self.models()}")
+        return False, None, self.index[model]
+
+    async def answer(self, request: dict[str, Any], plan: Plan, tests: TestSpec | None) -> Answer:
+        """The first rung's answer that arrives (and passes `tests`, when given), escalating up the
+        plan's rungs; when every answer fails the tests, the last answer comes back."""
+        tried: list[Attempt] = []
+        last: Answer | None = None
+        for i in range(plan.start, plan.stop):
+            up = self.upstreams[i]
+            started = time.perf_counter()
+            try:
+                data = await up.complete(up.body_for(request))
+            except UpstreamFailed as exc:
+                tried.append(Attempt(up.name, "upstream_error", str(exc)))
+                self._escalating(up.name, "upstream_error", i, plan)
+                continue
+            finally:
+                self.metrics.upstream_seconds.labels(up.name).observe(time.perf_counter() - started)
+            self.metrics.usage(up.name, data.get("usage"), up.spec.price.input, up.spec.price.output)
+            last = Answer(data, up, tried)
+            if tests is None:
+                tried.append(Attempt(up.name, "ok"))
+                return last
+            outcome = await self.verifier.judge(_content(data), tests)
+            self.metrics.verifications.labels(up.name, outcome.status).inc()
+            detail = f"{outcome.tests_passed}/{outcome.tests_total} tests passed" + \
+                (f"; {outcome.detail}" if outcome.detail else "")
+            if outcome.status == "pass":
+                tried.append(Attempt(up.name, "tests_passed", detail))
+                return last
+            tried.append(Attempt(up.name, "tests_failed", f"{outcome.status}: {detail}"))
+            self._escalating(up.name, "tests_failed", i, plan)
+        if last is None:
+            raise AllFailed(tried)
+        return last
+
+    async def open_stream(self, request: dict[str, Any], plan: Plan) -> tuple[aiohttp.ClientResponse, Upstream,
+                                                                             list[Attempt]]:
+        """An open upstream stream from the first rung that starts one (escalating before the first
+        byte; once bytes flow to the caller the rung cannot change)."""
+        tried: list[Attempt] = []
+        for i in range(plan.start, plan.stop):
+            up = self.upstreams[i]
+            started = time.perf_counter()
+            try:
+                resp = await up.open_stream(up.body_for(request))
+            except UpstreamFailed as exc:
+                tried.append(Attempt(up.name, "upstream_error", str(exc)))
+                self._escalating(up.name, "upstream_error", i, plan)
+                continue
+            finally:
+                self.metrics.upstream_seconds.labels(up.name).observe(time.perf_counter() - started)
+            tried.append(Attempt(up.name, "ok"))
+            return resp, up, tried
+        raise AllFailed(tried)
+
+    def _escalating(self, model: str, reason: str, i: int, plan: Plan) -> None:
+        if i + 1 < plan.stop:
+            self.metrics.escalations.labels(model, reason).inc()
+
+
+def _content(data: dict[str, Any]) -> str:
+    try:
+        return str(data["choices"][0]["message"]["content"] or "")
+    except (KeyError, IndexError, TypeError):
+        return ""

@@ -1,0 +1,141 @@
+"""Forwarding to one rung's Chat Completions endpoint, with retries.
+
+aiohttp's client is used (not the `openai` client) because the router forwards the caller's request
+body as it is and passes the upstream bytes back, streaming included; the `openai` client would
+parse and re-serialise every answer. The API key is read once from the variable the ladder names,
+sent only in the Authorization header, and removed from any upstream error body passed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from complexitynet.config import ModelSpec
+
+RETRY_STATUSES = {408, 409, 429}  # and every 5xx
+MAX_WAIT_S = 5.0  # longest pause between attempts: past that, the next rung is the better bet
+
+
+class UpstreamFailed(Exception):
+    """The rung did not answer after its retries (timeouts, dropped connections, 408/429/5xx, junk)."""
+
+
+class UpstreamRejected(Exception):
+    """The rung refused the request itself (a 4xx other than 408/409/429): the caller must see it."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status, self.body = status, body
+
+
+class KeyMissing(Exception):
+    """The rung's api_key_env variable is not set in the router's environment."""
+
+
+@dataclass
+class Upstream:
+    spec: ModelSpec
+    session: aiohttp.ClientSession
+    timeout_s: float
+    retries: int
+    backoff_s: float
+    _key: str | None = field(default=None, repr=False)  # never printed
+
+    def __post_init__(self) -> None:
+        assert self.spec.openai is not None  # serving_ladder() checked the provider
+        self.cfg = self.spec.openai
+        self.url = self.cfg.base_url.rstrip("/") + "/chat/completions"
+        env = self.cfg.api_key_env
+        self._key = (os.environ.get(env, "").strip() or None) if env else None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def key_problem(self) -> str | None:
+        """Why this rung cannot be called (its key variable is unset), or None."""
+        env = self.cfg.api_key_env
+        if env and not self._key:
+            return (f"model '{self.name}' reads its API key from the environment variable {env}, which is not set "
+                    f"in the router's environment; export {env} and restart the router (or set "
+                    "`openai.api_key_env: null` for an endpoint that needs no key)")
+        return None
+
+    def redact(self, data: bytes) -> bytes:
+        return data.replace(self._key.encode(), b"[redacted]") if self._key else data
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        return headers
+
+    def body_for(self, request: dict[str, Any]) -> bytes:
+        """The caller's request with this rung's model id."""
+        return json.dumps({**request, "model": self.cfg.model}).encode()
+
+    async def complete(self, body: bytes) -> dict[str, Any]:
+        """A non-streaming answer as parsed JSON; a malformed 200 counts as a failed attempt."""
+        return await self._with_retries(body, stream=False)
+
+    async def open_stream(self, body: bytes) -> aiohttp.ClientResponse:
+        """An open 2xx streaming response (retried until the first byte; not after)."""
+        return await self._with_retries(body, stream=True)
+
+    async def _with_retries(self, body: bytes, stream: bool) -> Any:
+        problem = self.key_problem()
+        if problem:
+            raise KeyMissing(problem)
+        last = ""
+        for attempt in range(self.retries + 1):
+            wait = self.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
+            try:
+                return await self._attempt(body, stream)
+            except _Retry as retry:
+                last = retry.reason
+                wait = max(wait, retry.after_s)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = type(exc).__name__
+            if attempt < self.retries:
+                await asyncio.sleep(min(wait, MAX_WAIT_S))
+        raise UpstreamFailed(f"{last} after {self.retries + 1} attempt(s)")
+
+    async def _attempt(self, body: bytes, stream: bool) -> Any:
+        timeout = aiohttp.ClientTimeout(total=None if stream else self.timeout_s, sock_connect=self.timeout_s,
+                                        sock_read=self.timeout_s)
+        resp = await self.session.post(self.url, data=body, headers=self._headers(), timeout=timeout)
+        if resp.status < 300 and stream:
+            return resp
+        async with resp:
+            data = await resp.read()
+        if resp.status < 300:
+            try:
+                answer = json.loads(data)
+            except ValueError:
+                raise _Retry("a malformed answer (not JSON)") from None
+            if not isinstance(answer, dict) or not answer.get("choices"):
+                raise _Retry("a malformed answer (no choices)")
+            return answer
+        if resp.status in RETRY_STATUSES or resp.status >= 500:
+            raise _Retry(f"HTTP {resp.status}", _retry_after(resp.headers.get("Retry-After")))
+        raise UpstreamRejected(resp.status, self.redact(data))
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, after_s: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason, self.after_s = reason, after_s
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0  # an HTTP date: fall back to our own backoff

@@ -1,0 +1,219 @@
+"""The router over HTTP with the real `openai` client: routing, pass-through, streaming, escalation,
+endpoints, metrics, bad input, overload and secrets. Upstreams are fake servers on loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+
+from tests.fake_openai import FakeOpenAI
+from tests.serve.conftest import KEY_ENV, RUNGS, SECRET, RouterThread, router_params
+
+pytestmark = pytest.mark.slow  # loads a real (tiny) classifier
+PROMPT = [{"role": "user", "content": "Write a function to add two numbers."}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_classifier, fake):
+    with RouterThread(router_params(tiny_classifier, [(fake.base_url, None)] * 3)) as srv:
+        yield srv
+
+
+def post(url: str, data: bytes, headers: dict | None = None) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return resp.read()
+
+
+def assert_openai_error(body: dict, code: str) -> str:
+    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"]), body
+    assert body["error"]["code"] == code, body
+    return body["error"]["message"]
+
+
+def test_routed_request_goes_to_the_chosen_rung_with_headers_and_extension(server, clean_fake):
+    client = server.client()
+    raw = client.chat.completions.with_raw_response.create(model="complexitynet:0", messages=PROMPT)
+    completion = raw.parse()
+    assert raw.headers["x-complexitynet-model"] == "rung-small"  # target 0: the cheapest always suffices
+    assert raw.headers["x-complexitynet-level"] in ["small", "medium", "large", "none"]
+    assert raw.headers["x-complexitynet-tried"] == "rung-small"
+    assert "```python" in completion.choices[0].message.content
+    ext = completion.model_extra["complexitynet"]
+    assert ext["model"] == "rung-small" and ext["routed"] and ext["decision"]["target"] == 0
+    assert [b["model"] for b in clean_fake.bodies.values()] == ["m-rung-small"]  # the rung's model id upstream
+
+    high = client.chat.completions.with_raw_response.create(model="complexitynet:1", messages=PROMPT)
+    assert high.headers["x-complexitynet-model"] == "rung-large"  # no rung reaches 1: the largest
+    default = client.chat.completions.with_raw_response.create(model="complexitynet", messages=PROMPT)
+    assert default.headers["x-complexitynet-target"] == "0.5"  # serve.target
+
+
+def test_concrete_model_passes_through_without_routing(server, clean_fake):
+    raw = server.client().chat.completions.with_raw_response.create(model="rung-medium", messages=PROMPT)
+    assert raw.headers["x-complexitynet-model"] == "rung-medium"
+    assert "x-complexitynet-level" not in raw.headers
+    assert raw.parse().model_extra["complexitynet"]["decision"] is None
+
+
+def test_streaming_end_to_end(server, clean_fake):
+    client = server.client()
+    chunks = list(client.chat.completions.create(model="complexitynet:0", messages=PROMPT, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Here you go:") and text.rstrip().endswith("```")
+    assert all(c.choices for c in chunks)  # no usage chunk unless asked for
+    with_usage = list(client.chat.completions.create(model="complexitynet:0", messages=PROMPT, stream=True,
+                                                     stream_options={"include_usage": True}))
+    assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens > 0
+    metrics = get(f"{server.base_url}/metrics").decode()
+    assert 'complexitynet_spend_usd_total{model="rung-small"}' in metrics  # streamed usage is counted
+
+
+def test_escalates_when_the_chosen_rung_fails(server, clean_fake):
+    clean_fake.faults = lambda key, attempt, body: "500" if body["model"] == "m-rung-small" else None
+    client = server.client()
+    raw = client.chat.completions.with_raw_response.create(model="complexitynet:0", messages=PROMPT)
+    assert raw.headers["x-complexitynet-model"] == "rung-medium"
+    assert raw.headers["x-complexitynet-tried"] == "rung-small,rung-medium"
+    tried = raw.parse().model_extra["complexitynet"]["tried"]
+    assert [(t["model"], t["result"]) for t in tried] == [("rung-small", "upstream_error"), ("rung-medium", "ok")]
+    assert "HTTP 500 after 2 attempt(s)" in tried[0]["detail"]  # one retry, then the next rung
+    stream = client.chat.completions.with_raw_response.create(model="complexitynet:0", messages=PROMPT, stream=True)
+    assert stream.headers["x-complexitynet-model"] == "rung-medium"  # streams escalate before the first byte
+    assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+
+    clean_fake.faults = lambda key, attempt, body: "drop"
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="complexitynet:0", messages=PROMPT)
+    assert err.value.status_code == 502 and err.value.body["code"] == "upstream_unavailable"
+    assert "rung-large" in err.value.body["message"]
+    metrics = get(f"{server.base_url}/metrics").decode()
+    assert 'complexitynet_escalations_total{model="rung-small",reason="upstream_error"}' in metrics
+
+
+def test_upstream_client_errors_pass_through_unescalated(server, clean_fake):
+    clean_fake.faults = lambda key, attempt, body: "401_echo"
+    with pytest.raises(openai.AuthenticationError):
+        server.client().chat.completions.create(model="complexitynet:0", messages=PROMPT)
+    assert clean_fake.requests == 1
+
+
+def test_endpoints_route_models_health_metrics(server, clean_fake):
+    status, _, decision = post(f"{server.base_url}/v1/route", json.dumps({"prompt": "reverse a list"}).encode())
+    assert status == 200 and decision["model"] in RUNGS and set(decision["probs"]) == {"small", "medium", "large", "none"}
+    assert decision["target"] == 0.5 and "rung" in decision["explanation"] and decision["prices"]["rung-large"]
+    assert clean_fake.requests == 0  # decision only
+    ids = [m.id for m in server.client().models.list()]
+    assert ids == ["complexitynet", *RUNGS]
+    health = json.loads(get(f"{server.base_url}/health"))
+    assert health["status"] == "ok" and health["ladder"] == "test" and health["target_source"] == "serve.target"
+    server.client().chat.completions.create(model="complexitynet:0", messages=PROMPT)
+    metrics = get(f"{server.base_url}/metrics").decode()
+    for name in ("complexitynet_requests_total", "complexitynet_routing_seconds_bucket",
+                 "complexitynet_upstream_seconds_bucket", "complexitynet_spend_usd_total",
+                 "complexitynet_tokens_total"):
+        assert name in metrics, name
+
+
+def test_concurrent_requests_are_classified_in_batches(server, clean_fake):
+    before = server.router.batcher.batches
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            server.client().chat.completions.create(
+                model="complexitynet:0", messages=[{"role": "user", "content": f"Write function number {i}."}])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert server.router.batcher.batches - before < 24  # some prompts shared a forward pass
+
+
+def test_bad_input_gets_openai_errors_and_the_server_keeps_serving(server, clean_fake):
+    url = f"{server.base_url}/v1/chat/completions"
+    status, _, body = post(url, b'{"model": "complexitynet", "messages": [')
+    assert status == 400 and "not valid JSON" in assert_openai_error(body, "invalid_json")
+    status, _, body = post(url, json.dumps({"model": "complexitynet"}).encode())
+    assert status == 400 and body["error"]["param"] == "messages"
+    status, _, body = post(url, json.dumps({"model": "complexitynet", "messages": [{"role": "system",
+                                                                                   "content": "x"}]}).encode())
+    assert status == 400 and "role 'user'" in body["error"]["message"]
+    status, _, body = post(url, json.dumps({"model": "complexitynet:2", "messages": PROMPT}).encode())
+    assert status == 400 and "[0, 1]" in body["error"]["message"]
+    status, _, body = post(url, json.dumps({"messages": PROMPT}).encode())
+    assert status == 400 and body["error"]["code"] == "missing_model"
+    status, _, body = post(url, json.dumps({"model": "complexitynet", "messages": PROMPT,
+                                            "complexitynet": {"tests": "assert f()"}}).encode())
+    assert status == 400 and body["error"]["code"] == "invalid_tests"
+    with pytest.raises(openai.NotFoundError) as err:
+        server.client().chat.completions.create(model="gpt-5-imaginary", messages=PROMPT)
+    assert err.value.body["code"] == "model_not_found" and "rung-small" in err.value.body["message"]
+    huge = [{"role": "user", "content": "x" * (10 * 2**20)}]
+    status, _, body = post(url, json.dumps({"model": "complexitynet", "messages": huge}).encode())
+    assert status == 413 and "serve.max_body_mb" in assert_openai_error(body, "request_too_large")
+    status, _, body = post(f"{server.base_url}/v1/nope", b"{}")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert clean_fake.requests == 0  # none of that reached an upstream
+    ok = server.client().chat.completions.create(model="complexitynet:0", messages=PROMPT)
+    assert ok.choices[0].message.content
+
+
+def test_overload_is_a_503_with_retry_after(tiny_classifier):
+    with FakeOpenAI(latency_s=0.5) as slow, \
+            RouterThread(router_params(tiny_classifier, [(slow.base_url, None)] * 3, max_in_flight=2)) as srv:
+        results: list[tuple[int, dict, dict]] = []
+        body = json.dumps({"model": "rung-small", "messages": PROMPT}).encode()
+        threads = [threading.Thread(target=lambda: results.append(post(f"{srv.base_url}/v1/chat/completions", body)))
+                   for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = sorted(r[0] for r in results)
+        assert statuses.count(200) >= 2 and 503 in statuses
+        refused = next(r for r in results if r[0] == 503)
+        assert refused[1]["Retry-After"] == "1" and assert_openai_error(refused[2], "overloaded")
+        assert post(f"{srv.base_url}/v1/chat/completions", body)[0] == 200  # and it recovers
+
+
+def test_keys_come_from_the_environment_and_never_leak(tiny_classifier, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    caplog.set_level(logging.DEBUG)
+    with FakeOpenAI() as open_up, FakeOpenAI(api_key=SECRET) as keyed, \
+            RouterThread(router_params(tiny_classifier, [(open_up.base_url, None), (keyed.base_url, KEY_ENV),
+                                                         (keyed.base_url, "CNET_TEST_KEY_NOT_SET")])) as srv:
+        client = srv.client()
+        ok = client.chat.completions.with_raw_response.create(model="rung-medium", messages=PROMPT)
+        assert ok.http_response.status_code == 200  # the key from KEY_ENV reached the upstream
+        keyed.faults = lambda key, attempt, body: "401_echo"  # an upstream error that repeats the key
+        with pytest.raises(openai.AuthenticationError) as err:
+            client.chat.completions.create(model="rung-medium", messages=PROMPT)
+        assert SECRET not in json.dumps(err.value.body) and "[redacted]" in json.dumps(err.value.body)
+        with pytest.raises(openai.InternalServerError) as err:  # the largest rung's variable is unset
+            client.chat.completions.create(model="complexitynet:1", messages=PROMPT)
+        assert err.value.body["code"] == "upstream_key_missing"
+        assert "CNET_TEST_KEY_NOT_SET" in err.value.body["message"]
+        assert client.chat.completions.create(model="rung-small", messages=PROMPT).choices  # still serving
+        exposed = get(f"{srv.base_url}/metrics") + get(f"{srv.base_url}/health") + get(f"{srv.base_url}/v1/models")
+        assert SECRET.encode() not in exposed
+    assert SECRET not in caplog.text and SECRET not in repr(srv.router.upstreams)

@@ -1,0 +1,115 @@
+"""The routing decision (pure) and the micro-batcher, without a classifier."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+from complexitynet.config import ModelSpec
+from complexitynet.errors import ConfigError, DataError
+from complexitynet.route import check_levels, decide, default_target, parse_model, prompt_text, serving_ladder
+from complexitynet.serve.batcher import MicroBatcher, Overloaded, sorted_predict
+from complexitynet.serve.verify import parse_tests
+
+CLASSES = ["a", "b", "c", "none"]
+
+
+def ladder() -> list[ModelSpec]:
+    return [ModelSpec(name=n, provider="openai", openai={"model": n}, price={"input": p, "output": 2 * p})
+            for n, p in (("a", 0.1), ("b", 1.0), ("c", 10.0))]
+
+
+def test_decide_is_the_evaluate_rule_and_explains_itself():
+    probs = np.array([0.5, 0.3, 0.1, 0.1])  # P(success) = 0.5, 0.8, 0.9
+    d = decide(probs, ladder(), CLASSES, 0.75)
+    assert (d.model, d.index, d.met, d.level) == ("b", 1, True, "a")
+    assert d.success == {"a": 0.5, "b": 0.8, "c": 0.9}
+    assert "b is predicted to succeed with 0.800 >= target 0.75" in d.explain(ladder())
+    assert "cheaper rungs fall short (a 0.500)" in d.explain(ladder()) and "$1/$2 per 1M" in d.explain(ladder())
+    assert decide(probs, ladder(), CLASSES, 0.0).model == "a"
+    top = decide(probs, ladder(), CLASSES, 0.95)
+    assert (top.model, top.met) == ("c", False) and "no rung reaches" in top.explain(ladder())
+    assert json.loads(json.dumps(top.as_dict()))["probs"]["none"] == 0.1
+
+
+def test_model_names_and_targets():
+    assert parse_model("complexitynet") == (True, None)
+    assert parse_model("complexitynet:0.9") == (True, 0.9)
+    assert parse_model("gpt-4o") == (False, None)
+    for bad in ("complexitynet:1.5", "complexitynet:high", "complexitynet:"):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            parse_model(bad)
+
+
+def test_prompt_text_reads_the_last_user_turn():
+    msgs = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+            {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "image_url"}]}]
+    assert prompt_text(msgs) == "second"
+    for bad, why in (([], "non-empty"), (None, "non-empty"), (["hi"], "object"),
+                     ([{"role": "system", "content": "s"}], "role 'user'"), ([{"role": "user"}], "no text")):
+        with pytest.raises((TypeError, ValueError), match=why):
+            prompt_text(bad)
+
+
+def test_default_target_prefers_config_then_eval_metrics_then_fallback(tmp_path):
+    path = tmp_path / "eval.json"
+    assert default_target(0.7, path, 0.9) == (0.7, "serve.target")
+    assert default_target(None, path, 0.9)[0] == 0.9
+    path.write_text(json.dumps({"target": 0.52}))
+    assert default_target(None, path, 0.9) == (0.52, f"calibrated ({path})")
+    path.write_text("{}")
+    with pytest.raises(DataError, match="no numeric 'target'"):
+        default_target(None, path, 0.9)
+
+
+def test_serving_ladder_must_be_live_and_fit_the_classifier(params):
+    with pytest.raises(ConfigError, match="rung 'codellama-7b-python' is provider 'recorded'"):
+        serving_ladder(params, "mbpp")
+    assert serving_ladder(params, "mbpp", live=False)[0] == "mbpp"
+    name, rungs = serving_ladder(params)
+    assert name == "openai-router" and len(rungs) == 3
+    with pytest.raises(ConfigError, match="ladder 'openai' has 2 rungs; serve a ladder with 3 rungs"):
+        check_levels(CLASSES, "openai", params.ladders["openai"], "models/classifier")
+
+
+def test_request_tests_are_validated():
+    assert parse_tests(None) is None
+    spec = parse_tests({"tests": ["assert f(1) == 2"], "entry_point": "f"})
+    assert spec.asserts == ["assert f(1) == 2"] and spec.entry_point == "f" and spec.setup == ""
+    for bad, why in (({"tests": []}, "non-empty"), ({"tests": ["a"], "x": 1}, "unknown"), ("t", "object"),
+                     ({"tests": ["a"], "entry_point": 3}, "entry_point")):
+        with pytest.raises((TypeError, ValueError), match=why):
+            parse_tests(bad)
+
+
+def test_sorted_predict_keeps_the_input_order():
+    texts = ["ccc", "a", "bbbbbbbbbb", "dd"] * 5
+    out = sorted_predict(lambda ts: np.array([[len(t), 0.0] for t in ts]), texts)
+    assert out[:, 0].tolist() == [len(t) for t in texts]
+
+
+def test_micro_batcher_batches_and_refuses_beyond_its_queue():
+    calls: list[int] = []
+
+    def predict(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        time.sleep(0.05)
+        return np.ones((len(texts), 4)) / 4
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predict, batch_size=32, wait_s=0.01, queue_bound=64)
+        batcher.start()
+        rows = await asyncio.gather(*(batcher.submit(f"p{i}") for i in range(20)))
+        assert len(rows) == 20 and batcher.batches < 20
+        full = MicroBatcher(predict, batch_size=1, wait_s=0.0, queue_bound=2)
+        full.start()
+        results = await asyncio.gather(*(full.submit(f"q{i}") for i in range(6)), return_exceptions=True)
+        assert any(isinstance(r, Overloaded) for r in results) and any(isinstance(r, np.ndarray) for r in results)
+        await batcher.stop()
+        await full.stop()
+
+    asyncio.run(scenario())
