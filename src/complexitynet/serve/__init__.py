@@ -23,7 +23,7 @@ def build_router(params: Params, classifier: str | None = None, ladder: str | No
     cfg = params.serve
     name, rungs = serving_ladder(params, ladder, live=True)
     source = classifier or cfg.classifier
-    clf = load_router_classifier(source, cfg.torch_threads)
+    clf = load_router_classifier(source, params.classes, cfg.torch_threads)
     check_levels(clf.classes, name, rungs, source)
     target, origin = default_target(cfg.target, Path(cfg.eval_metrics), cfg.fallback_target)
     return Router(name, rungs, clf.classes, clf.predict_proba, target, origin, cfg, params.execute)
