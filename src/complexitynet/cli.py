@@ -60,7 +60,7 @@ def cmd_route(params: Params, args: argparse.Namespace) -> None:
 
     cfg = params.serve
     name, ladder = serving_ladder(params, args.ladder, live=False)
-    clf = load_router_classifier(args.classifier or cfg.classifier, cfg.torch_threads)
+    clf = load_router_classifier(args.classifier or cfg.classifier, params.classes, cfg.torch_threads)
     check_levels(clf.classes, name, ladder, args.classifier or cfg.classifier)
     target, origin = (args.target, "--target") if args.target is not None else \
         default_target(cfg.target, Path(cfg.eval_metrics), cfg.fallback_target)
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--port", type=int, help="override serve.port")
     q.set_defaults(func=cmd_serve)
     for cmd in p, q:
-        cmd.add_argument("--classifier", help="directory or MLflow model URI (default: serve.classifier)")
+        cmd.add_argument("--classifier", help="classifier directory, baseline .joblib file or MLflow model URI "
+                         "(default: serve.classifier)")
         cmd.add_argument("--ladder", help="ladder to route over (default: serve.ladder)")
     return parser
 

@@ -182,7 +182,8 @@ class Serve(Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # 0 = any free port
-    # A classifier directory, or an MLflow model URI (models:/complexitynet-classifier@champion).
+    # A classifier directory, a baseline file train wrote (models/baselines/tfidf_lr.joblib), or an
+    # MLflow model URI (models:/complexitynet-classifier@champion).
     classifier: str = "models/classifier"
     # The ladder to route over: one rung per classifier level, cheapest first, `provider: openai`.
     ladder: str | None = None
@@ -360,6 +361,11 @@ class Params(Section):
     def ladder(self) -> list[ModelSpec]:
         """The models of the active ladder, cheapest first."""
         return self.ladders[self.ladder_name]
+
+    @property
+    def classes(self) -> list[str]:
+        """The classifier's levels, as `train` names them: the active ladder's rungs, then "none"."""
+        return [m.name for m in self.ladder] + ["none"]
 
 
 def load_params(path: Path | str = "params.yaml", overrides: dict | None = None) -> Params:

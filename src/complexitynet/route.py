@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,7 +21,6 @@ from complexitynet.errors import ConfigError, DataError
 from complexitynet.routing import choose, success_probs
 
 if TYPE_CHECKING:
-    from complexitynet.classifier import Classifier
     from complexitynet.config import ModelSpec, Params
 
 ROUTED = "complexitynet"  # the model name that routes; "complexitynet:0.9" routes with target 0.9
@@ -150,15 +149,35 @@ def check_levels(classes: list[str], ladder_name: str, ladder: list[ModelSpec], 
             "first (rung i serves level i), or retrain the classifier on a ladder of that size")
 
 
-def load_router_classifier(source: str, threads: int = 0) -> Classifier:
-    """Load the classifier from a directory or an MLflow model URI (models:/name@alias, runs:/...),
-    on the CPU or GPU that classifier.device() picks; `threads` > 0 caps torch's CPU threads."""
-    import torch
+class LevelClassifier(Protocol):
+    """What the router needs of a classifier: its level names and one probability row per text."""
 
-    from complexitynet.classifier import load_classifier
+    classes: list[str]
 
-    if threads:
-        torch.set_num_threads(threads)
+    def predict_proba(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class FileClassifier:
+    """A baseline `train` saved with joblib (models/baselines/*.joblib): an sklearn-style object whose
+    predict_proba has one column per level. The file holds no level names, so they come from the
+    training ladder (`Params.classes`, as `train` names them); the column count is checked on load."""
+
+    model: Any
+    classes: list[str]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(texts), dtype=np.float64)
+
+
+def load_router_classifier(source: str, classes: list[str], threads: int = 0) -> LevelClassifier:
+    """Load the classifier from a directory (LoRA), a baseline .joblib file, or an MLflow URI
+    (models:/name@alias, runs:/<id>/classifier, runs:/<id>/tfidf_lr.joblib). A LoRA classifier runs
+    on the CPU or GPU that classifier.device() picks, `threads` > 0 capping torch's CPU threads;
+    `classes` names a baseline file's levels (a LoRA directory carries its own). A .joblib file is a
+    pickle: load only files you trust (the train stage's own)."""
+    fix = ("point serve.classifier (or --classifier) at a classifier directory (models/classifier), a "
+           "baseline file (models/baselines/tfidf_lr.joblib) or an MLflow model URI")
     if source.startswith(("models:/", "runs:/")):
         import mlflow
 
@@ -167,8 +186,44 @@ def load_router_classifier(source: str, threads: int = 0) -> Classifier:
         except Exception as exc:  # noqa: BLE001 - any registry failure: say which URI and how to fix it
             raise ConfigError(f"serve.classifier '{source}': cannot load it from MLflow ({exc}); check "
                               "MLFLOW_TRACKING_URI and the model name/alias, or give a directory") from None
-        return load_classifier(local / "artifacts" / "classifier")
-    if not Path(source).exists():
-        raise ConfigError(f"serve.classifier '{source}': no such directory; run `complexitynet train`, or "
-                          "point serve.classifier at a classifier directory or an MLflow model URI")
-    return load_classifier(Path(source))
+        path = local if local.is_file() else local / "artifacts" / "classifier"  # a logged pyfunc model
+    else:
+        path = Path(source)
+    if path.is_dir():
+        return _load_lora(path, threads)
+    if not path.exists():
+        raise ConfigError(f"serve.classifier '{source}': no such file or directory; run `complexitynet train`, or {fix}")
+    if path.suffix != ".joblib":
+        raise ConfigError(f"serve.classifier '{source}': unknown classifier file type '{path.suffix}' "
+                          f"(only .joblib files are read); {fix}")
+    return _load_joblib(path, source, classes, fix)
+
+
+def _load_lora(path: Path, threads: int) -> LevelClassifier:
+    import torch
+
+    from complexitynet.classifier import load_classifier
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_classifier(path)
+
+
+def _load_joblib(path: Path, source: str, classes: list[str], fix: str) -> FileClassifier:
+    import joblib
+
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - unpickling fails in many ways; all mean "not a readable model"
+        raise ConfigError(f"serve.classifier '{source}': cannot read it as a joblib model ({type(exc).__name__}: "
+                          f"{exc}); rerun `complexitynet train` to rewrite it, or {fix}") from None
+    if not callable(getattr(model, "predict_proba", None)):
+        raise ConfigError(f"serve.classifier '{source}': the {type(model).__name__} in it has no predict_proba(texts); "
+                          f"{fix}")
+    clf = FileClassifier(model, classes)
+    columns = clf.predict_proba(["probe"]).shape[-1]
+    if columns != len(classes):
+        raise ConfigError(f"serve.classifier '{source}': predicts {columns} levels, but the training ladder "
+                          f"(base.ladder) names {len(classes)} ({', '.join(classes)}); set base.ladder to the "
+                          "ladder it was trained on, or retrain it (complexitynet train)")
+    return clf

@@ -254,7 +254,7 @@ def train(params: Params, paths: Paths) -> dict[str, Any]:
     from complexitynet.tracking import provenance_tags
     from complexitynet.train import train as train_models
 
-    classes = [m.name for m in params.ladder] + ["none"]
+    classes = params.classes
     tags = {**provenance_tags(), "ladder": params.ladder_name, "dataset": params.base.dataset}
     metrics = train_models(read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label), classes,
                            params.train, params.base.seed, paths.classifier, paths.baselines, tags)

@@ -41,6 +41,24 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TF-IDF + logistic-regression baseline over 4 levels, fitted and saved like `train` does."""
+    import joblib
+    import numpy as np
+
+    from complexitynet.config import Train
+    from complexitynet.train import Split, fit_baselines
+
+    words = ["add two numbers", "reverse a linked list in place", "solve sudoku with backtracking", "prove P=NP"]
+    texts = [f"Write a function to {words[i % 4]} (variant {i})." for i in range(16)]
+    data = {"train": Split([f"T/{i}" for i in range(16)], texts, np.arange(16) % 4)}
+    model = fit_baselines(data, len(CLASSES), Train(), 0, only=("tfidf_lr",))["tfidf_lr"]
+    out = tmp_path_factory.mktemp("baselines") / "tfidf_lr.joblib"
+    joblib.dump(model, out)
+    return out
+
+
 def router_params(classifier: Path, upstreams: list[tuple[str, str | None]], **serve: object) -> Params:
     """params.yaml with a `test` ladder whose rung i calls upstreams[i] = (base_url, api_key_env)."""
     ladder = [{"name": name, "provider": "openai", "price": {"input": 1.0 * 10**i, "output": 2.0 * 10**i},

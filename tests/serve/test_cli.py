@@ -38,7 +38,7 @@ def test_serve_refuses_a_ladder_that_cannot_serve(tiny_classifier, caplog):
     assert main([*base, "--ladder", "openai"]) == 2
     assert "ladder 'openai' has 2 rungs; serve a ladder with 3 rungs" in caplog.text
     assert main([*base, "--classifier", "no/such/dir"]) == 2
-    assert "serve.classifier 'no/such/dir': no such directory" in caplog.text
+    assert "serve.classifier 'no/such/dir': no such file or directory" in caplog.text
 
 
 def test_serve_subcommand_answers_on_its_port(tiny_classifier, fake, tmp_path):

@@ -88,8 +88,17 @@ def test_request_tests_are_validated():
 
 def test_sorted_predict_keeps_the_input_order():
     texts = ["ccc", "a", "bbbbbbbbbb", "dd"] * 5
-    out = sorted_predict(lambda ts: np.array([[len(t), 0.0] for t in ts]), texts)
-    assert out[:, 0].tolist() == [len(t) for t in texts]
+    calls: list[int] = []
+
+    def predict(ts: list[str]) -> np.ndarray:
+        calls.append(len(ts))
+        return np.array([[len(t), 0.0] for t in ts])
+
+    out = sorted_predict(predict, texts)
+    assert out[:, 0].tolist() == [len(t) for t in texts] and calls == [8, 8, 4]
+    calls.clear()
+    out = sorted_predict(predict, texts, sub_batch=0)  # a classifier that does not pad: one call
+    assert out[:, 0].tolist() == [len(t) for t in texts] and calls == [20]
 
 
 def test_micro_batcher_batches_and_refuses_beyond_its_queue():
@@ -111,5 +120,21 @@ def test_micro_batcher_batches_and_refuses_beyond_its_queue():
         assert any(isinstance(r, Overloaded) for r in results) and any(isinstance(r, np.ndarray) for r in results)
         await batcher.stop()
         await full.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_fast_classifier_is_not_held_back_by_the_batch_wait():
+    async def scenario() -> None:
+        batcher = MicroBatcher(lambda ts: np.ones((len(ts), 4)) / 4, batch_size=32, wait_s=0.3, queue_bound=8)
+        batcher.start()
+        t0 = time.perf_counter()
+        await batcher.submit("first")  # no pass measured yet: waits the configured 0.3 s for company
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(5):
+            await batcher.submit(f"p{i}")  # a pass takes well under a millisecond: no waiting
+        assert first >= 0.25 and time.perf_counter() - t0 < 0.15
+        await batcher.stop()
 
     asyncio.run(scenario())

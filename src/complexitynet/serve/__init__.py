@@ -17,16 +17,18 @@ log = logging.getLogger(__name__)
 
 def build_router(params: Params, classifier: str | None = None, ladder: str | None = None):
     """A Router for params.serve (classifier and ladder may be overridden), ready to be served."""
-    from complexitynet.route import check_levels, default_target, load_router_classifier, serving_ladder
+    from complexitynet.route import FileClassifier, check_levels, default_target, load_router_classifier, serving_ladder
+    from complexitynet.serve.batcher import SUB_BATCH
     from complexitynet.serve.router import Router
 
     cfg = params.serve
     name, rungs = serving_ladder(params, ladder, live=True)
     source = classifier or cfg.classifier
-    clf = load_router_classifier(source, cfg.torch_threads)
+    clf = load_router_classifier(source, params.classes, cfg.torch_threads)
     check_levels(clf.classes, name, rungs, source)
     target, origin = default_target(cfg.target, Path(cfg.eval_metrics), cfg.fallback_target)
-    return Router(name, rungs, clf.classes, clf.predict_proba, target, origin, cfg, params.execute)
+    sub_batch = 0 if isinstance(clf, FileClassifier) else SUB_BATCH  # bag-of-words baselines do not pad
+    return Router(name, rungs, clf.classes, clf.predict_proba, target, origin, cfg, params.execute, sub_batch)
 
 
 def serve(params: Params, classifier: str | None = None, ladder: str | None = None, host: str | None = None,

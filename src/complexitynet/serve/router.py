@@ -19,7 +19,7 @@ import numpy as np
 
 from complexitynet.config import Execute, ModelSpec, Serve
 from complexitynet.route import Decision, decide, parse_model
-from complexitynet.serve.batcher import MicroBatcher, Predict
+from complexitynet.serve.batcher import SUB_BATCH, MicroBatcher, Predict
 from complexitynet.serve.metrics import Metrics
 from complexitynet.serve.upstream import Upstream, UpstreamFailed
 from complexitynet.serve.verify import TestSpec, Verifier
@@ -62,12 +62,12 @@ class Plan:
 
 class Router:
     def __init__(self, ladder_name: str, ladder: list[ModelSpec], classes: list[str], predict: Predict,
-                 target: float, target_source: str, cfg: Serve, execute: Execute) -> None:
+                 target: float, target_source: str, cfg: Serve, execute: Execute, sub_batch: int = SUB_BATCH) -> None:
         self.ladder_name, self.ladder, self.classes = ladder_name, ladder, classes
         self.target, self.target_source, self.cfg = target, target_source, cfg
         self.index = {m.name: i for i, m in enumerate(ladder)}
         self.metrics = Metrics()
-        self.batcher = MicroBatcher(predict, cfg.batch_size, cfg.batch_wait_ms / 1000, cfg.queue)
+        self.batcher = MicroBatcher(predict, cfg.batch_size, cfg.batch_wait_ms / 1000, cfg.queue, sub_batch)
         self.verifier = Verifier(cfg.verify, execute)
         self.upstreams: list[Upstream] = []
         self.session: aiohttp.ClientSession | None = None
