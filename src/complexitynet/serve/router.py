@@ -11,6 +11,7 @@ model would refuse it too.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,15 +113,9 @@ class Router:
         last: Answer | None = None
         for i in range(plan.start, plan.stop):
             up = self.upstreams[i]
-            started = time.perf_counter()
-            try:
-                data = await up.complete(up.body_for(request))
-            except UpstreamFailed as exc:
-                tried.append(Attempt(up.name, "upstream_error", str(exc)))
-                self._escalating(up.name, "upstream_error", i, plan)
+            data = await self._call(up, up.complete(up.body_for(request)), i, plan, tried)
+            if data is None:
                 continue
-            finally:
-                self.metrics.upstream_seconds.labels(up.name).observe(time.perf_counter() - started)
             self.metrics.usage(up.name, data.get("usage"), up.spec.price.input, up.spec.price.output)
             last = Answer(data, up, tried)
             if tests is None:
@@ -146,18 +141,25 @@ class Router:
         tried: list[Attempt] = []
         for i in range(plan.start, plan.stop):
             up = self.upstreams[i]
-            started = time.perf_counter()
-            try:
-                resp = await up.open_stream(up.body_for(request))
-            except UpstreamFailed as exc:
-                tried.append(Attempt(up.name, "upstream_error", str(exc)))
-                self._escalating(up.name, "upstream_error", i, plan)
+            resp = await self._call(up, up.open_stream(up.body_for(request)), i, plan, tried)
+            if resp is None:
                 continue
-            finally:
-                self.metrics.upstream_seconds.labels(up.name).observe(time.perf_counter() - started)
             tried.append(Attempt(up.name, "ok"))
             return resp, up, tried
         raise AllFailed(tried)
+
+    async def _call(self, up: Upstream, call: Awaitable[Any], i: int, plan: Plan, tried: list[Attempt]) -> Any:
+        """One rung's upstream call, timed; None (recorded in `tried`, counted as an escalation when a
+        rung is left above it) when the rung failed after its retries."""
+        started = time.perf_counter()
+        try:
+            return await call
+        except UpstreamFailed as exc:
+            tried.append(Attempt(up.name, "upstream_error", str(exc)))
+            self._escalating(up.name, "upstream_error", i, plan)
+            return None
+        finally:
+            self.metrics.upstream_seconds.labels(up.name).observe(time.perf_counter() - started)
 
     def _escalating(self, model: str, reason: str, i: int, plan: Plan) -> None:
         if i + 1 < plan.stop:
