@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -105,7 +106,7 @@ def sample_flow(params: Params, paths: Paths) -> list[str]:
     problems = stages.load_problems(paths)
     live = [m for m in params.ladder if m.live]
     share = None if params.sample.budget_usd is None else params.sample.budget_usd / max(len(live), 1)
-    problems_digest = t.digest(paths.problems.read_bytes().hex())
+    problems_digest = hashlib.sha256(paths.problems.read_bytes()).hexdigest()
     unit, futures = retrying(t.sample_model, params.orchestrate), []
     for model in params.ladder:
         key = None if model.live else t.digest("sample", model.model_dump(), params.sample.model_dump(),
@@ -120,8 +121,8 @@ def sample_flow(params: Params, paths: Paths) -> list[str]:
 def execute_flow(params: Params, paths: Paths, sandbox: SandboxConfig) -> list[str]:
     """Batches of the jobs the verdict cache cannot answer, one task each; every finished batch is
     appended to the cache as it arrives, so a failed batch fails the run but loses nothing else."""
-    samples = stages.load_samples(params, paths)
-    work = ex.plan(samples, stages.load_problems(paths), sandbox.fingerprint(),
+    samples, fingerprint = stages.load_samples(params, paths), sandbox.fingerprint()
+    work = ex.plan(samples, stages.load_problems(paths), fingerprint,
                    paths.verdict_cache if params.execute.cache else None)
     names = {(m, key): f"{m} {task_id}#{trial}" for m, keyed in work.keyed.items()
              for (task_id, trial), key in keyed.items()}
@@ -134,7 +135,7 @@ def execute_flow(params: Params, paths: Paths, sandbox: SandboxConfig) -> list[s
             batch = jobs[start:start + size]
             label = f"{names[batch[0].key]} .. {names[batch[-1].key]} ({len(batch)} jobs)"
             future = unit.submit(batch, sandbox, sessions, label,
-                                 t.digest(sandbox.fingerprint(), [j.key for j in batch]))
+                                 t.digest(fingerprint, [j.key for j in batch]))
             futures[future] = label
         for future in as_completed(list(futures)):
             try:

@@ -96,15 +96,16 @@ def test_flow_on_a_dask_local_cluster_spreads_sandbox_batches_over_both_workers(
     # Verdicts were computed afresh on the Dask workers. They match the reference's (a direct comparison
     # on an idle machine found no difference in 2,920), but a sample near its time limit may time out in
     # one run and not the other when the 2 cores are loaded, so a handful may differ.
-    cached = {}
-    for line in (root / "data/cache/verdicts").glob("*.jsonl"):
-        cached.update({row["key"]: row["outcome"]["status"] for row in map(json.loads, line.read_text().splitlines())})
-    fresh = {}
-    for line in (root.parent / "dask-cache").glob("*.jsonl"):
-        fresh.update({row["key"]: row["outcome"]["status"] for row in map(json.loads, line.read_text().splitlines())})
+    cached, fresh = cached_statuses(root / "data/cache/verdicts"), cached_statuses(root.parent / "dask-cache")
     assert len(fresh) >= 2000 and set(fresh) <= set(cached)
     differ = {key: (cached[key], status) for key, status in fresh.items() if cached[key] != status}
     assert len(differ) <= len(fresh) // 100, differ
+
+
+def cached_statuses(cache_dir: Path) -> dict[str, str]:
+    """Verdict status by job key, from a verdict cache directory (all models)."""
+    return {row["key"]: row["outcome"]["status"] for path in cache_dir.glob("*.jsonl")
+            for row in map(json.loads, path.read_text().splitlines())}
 
 
 def free_port() -> int:
