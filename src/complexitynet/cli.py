@@ -79,7 +79,7 @@ def cmd_route(params: Params, args: argparse.Namespace) -> None:
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
     from complexitynet.serve import serve
 
-    serve(params, args.classifier, args.ladder, args.host, args.port)
+    serve(params, args.classifier, args.ladder, args.host, args.port, args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("serve", help="serve the OpenAI-compatible router (see README, Router service)")
     q.add_argument("--host", help="override serve.host")
     q.add_argument("--port", type=int, help="override serve.port")
+    q.add_argument("--workers", type=int, help="override serve.workers (router processes sharing the port)")
     q.set_defaults(func=cmd_serve)
     for cmd in p, q:
         cmd.add_argument("--classifier", help="classifier directory, baseline .joblib file or MLflow model URI "

@@ -182,6 +182,7 @@ class Serve(Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # 0 = any free port
+    workers: int = Field(1, ge=1)  # router processes sharing the port (each loads the classifier)
     # A classifier directory, a baseline file train wrote (models/baselines/tfidf_lr.joblib), or an
     # MLflow model URI (models:/complexitynet-classifier@champion).
     classifier: str = "models/classifier"

@@ -10,6 +10,7 @@ pure except the loaders at the bottom, which read files (or the MLflow registry)
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from complexitynet.baselines import SparseLinear
 from complexitynet.errors import ConfigError, DataError
 from complexitynet.routing import choose, success_probs
 
 if TYPE_CHECKING:
     from complexitynet.config import ModelSpec, Params
+
+log = logging.getLogger(__name__)
 
 ROUTED = "complexitynet"  # the model name that routes; "complexitynet:0.9" routes with target 0.9
 
@@ -62,11 +66,11 @@ def decide(level_probs: np.ndarray, ladder: list[ModelSpec], classes: list[str],
     """The decision for one prompt's probabilities over `classes` (len(ladder) + 1 levels)."""
     row = np.asarray(level_probs, dtype=np.float64).reshape(1, -1)
     index = int(choose(row, target)[0])
-    success = success_probs(row)[0]
+    success = success_probs(row)[0].tolist()  # plain floats: per-element numpy conversions cost more
     names = [m.name for m in ladder]
-    return Decision(probs={c: round(float(p), 6) for c, p in zip(classes, row[0])},
-                    success={n: round(float(s), 6) for n, s in zip(names, success)},
-                    target=target, index=index, model=names[index], met=bool(success[index] >= target - 1e-12))
+    return Decision(probs={c: round(p, 6) for c, p in zip(classes, row[0].tolist())},
+                    success={n: round(s, 6) for n, s in zip(names, success)},
+                    target=target, index=index, model=names[index], met=success[index] >= target - 1e-12)
 
 
 def parse_model(name: str) -> tuple[bool, float | None]:
@@ -165,8 +169,16 @@ class FileClassifier:
 
     model: Any
     classes: list[str]
+    fast: SparseLinear | None = None  # the same model without scikit-learn's per-call cost, when it has one
+
+    @property
+    def inline(self) -> bool:
+        """Cheap enough to classify inside the event loop (no micro-batching, no thread hop)."""
+        return self.fast is not None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
+        if self.fast is not None:
+            return self.fast.predict_proba(texts)
         return np.asarray(self.model.predict_proba(texts), dtype=np.float64)
 
 
@@ -220,10 +232,25 @@ def _load_joblib(path: Path, source: str, classes: list[str], fix: str) -> FileC
     if not callable(getattr(model, "predict_proba", None)):
         raise ConfigError(f"serve.classifier '{source}': the {type(model).__name__} in it has no predict_proba(texts); "
                           f"{fix}")
-    clf = FileClassifier(model, classes)
+    clf = FileClassifier(model, classes, _fast_path(model, source))
     columns = clf.predict_proba(["probe"]).shape[-1]
     if columns != len(classes):
         raise ConfigError(f"serve.classifier '{source}': predicts {columns} levels, but the training ladder "
                           f"(base.ladder) names {len(classes)} ({', '.join(classes)}); set base.ladder to the "
                           "ladder it was trained on, or retrain it (complexitynet train)")
     return clf
+
+
+def _fast_path(model: Any, source: str) -> SparseLinear | None:
+    """The model's SparseLinear form when it has one that agrees with it (checked on texts made of its
+    own vocabulary); otherwise None, and scikit-learn serves it."""
+    fast = SparseLinear.compile(model)
+    if fast is None:
+        return None
+    words = list(fast.vocabulary)
+    probes = ["", "probe"] + [" ".join(words[i::7][:40]) for i in range(7)]
+    if not np.allclose(fast.predict_proba(probes), model.predict_proba(probes), rtol=0, atol=1e-9):
+        log.warning("serve.classifier '%s': the fast TF-IDF path disagrees with scikit-learn here; "
+                    "serving through scikit-learn (slower)", source)
+        return None
+    return fast

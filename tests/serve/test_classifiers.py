@@ -44,7 +44,8 @@ def test_server_routes_with_a_baseline_file(tiny_baseline, fake):
         assert low.headers["x-complexitynet-level"] in MBPP_LEVELS
         high = client.chat.completions.with_raw_response.create(model="complexitynet:1", messages=PROMPT)
         assert high.headers["x-complexitynet-model"] == "rung-large"
-        # concurrent requests still go through the micro-batcher and all get answers
+        # the TF-IDF baseline classifies inline (no micro-batcher queue): concurrent requests all get answers
+        assert srv.router.batcher.inline
         results: list[str] = []
 
         def one(i: int) -> None:
@@ -56,7 +57,32 @@ def test_server_routes_with_a_baseline_file(tiny_baseline, fake):
             t.start()
         for t in threads:
             t.join(30)
-        assert len(results) == 16 and 1 <= srv.router.batcher.batches <= 2 + 16
+        assert len(results) == 16 and srv.router.batcher.batches == 2 + 16
+
+
+def test_the_fast_tfidf_path_gives_scikit_learns_probabilities(mirror, tmp_path):
+    """SparseLinear (what the router serves the TF-IDF baseline with) against the scikit-learn pipeline
+    it was compiled from, fitted on every MBPP statement: the same probabilities, every row; other
+    models keep scikit-learn."""
+    from complexitynet.baselines import Constant, SparseLinear
+    from complexitynet.config import Train
+    from complexitynet.train import Split, fit_baselines
+
+    texts = [json.loads(line)["text"] for line in (mirror / "mbpp" / "mbpp.jsonl").read_text().splitlines()]
+    labels = np.random.default_rng(0).choice([0, 1, 3], size=len(texts))  # level 2 never seen: a padded column
+    data = {"train": Split([f"T/{i}" for i in range(len(texts))], texts, labels)}
+    model = fit_baselines(data, len(CLASSES), Train(), 0, only=("tfidf_lr",))["tfidf_lr"]
+    fast = SparseLinear.compile(model)
+    assert fast is not None
+    probe = texts + ["", "!!!", "Write a FUNCTION to add two numbers. " * 40, "ünïcödé wörds ±"]
+    want = model.predict_proba(probe)
+    assert want[:, 2].max() == 0 and np.abs(fast.predict_proba(probe) - want).max() < 1e-12
+    joblib.dump(model, tmp_path / "tfidf.joblib")
+    served = load_router_classifier(str(tmp_path / "tfidf.joblib"), CLASSES)
+    assert isinstance(served, FileClassifier) and served.inline
+    assert SparseLinear.compile(Constant(np.full(4, 0.25))) is None
+    joblib.dump(Constant(np.full(4, 0.25)), tmp_path / "constant.joblib")
+    assert not load_router_classifier(str(tmp_path / "constant.joblib"), CLASSES).inline
 
 
 def test_unreadable_or_unfit_classifier_files_are_clear_errors(tiny_baseline, tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -41,26 +42,80 @@ def test_serve_refuses_a_ladder_that_cannot_serve(tiny_classifier, caplog):
     assert "serve.classifier 'no/such/dir': no such file or directory" in caplog.text
 
 
-def test_serve_subcommand_answers_on_its_port(tiny_classifier, fake, tmp_path):
+def serve_params(tmp_path, classifier, fake) -> None:
+    """params.yaml in tmp_path: serve `classifier` over a 3-rung ladder of `fake` upstreams."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["ladders"]["test"] = [{"name": f"r{i}", "provider": "openai", "price": {"input": i, "output": i},
                                "openai": {"base_url": fake.base_url, "model": f"m{i}", "api_key_env": None}}
                               for i in range(3)]
-    raw["serve"].update(ladder="test", classifier=str(tiny_classifier), target=0.0)
+    raw["serve"].update(ladder="test", classifier=str(classifier), target=0.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+def get_json(url: str, deadline: float, proc: subprocess.Popen) -> dict:
+    """GET url (a new connection) until it answers; fails if `proc` exits first."""
+    while True:
+        try:
+            return json.loads(urllib.request.urlopen(url, timeout=2).read())
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+            time.sleep(0.3)
+
+
+def test_serve_subcommand_answers_on_its_port(tiny_classifier, fake, tmp_path):
+    serve_params(tmp_path, tiny_classifier, fake)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "complexitynet.cli", "serve", "--port", str(port)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read())
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
-                time.sleep(0.3)
+        health = get_json(f"http://127.0.0.1:{port}/health", time.monotonic() + 60, proc)
         assert health["ladder"] == "test" and health["target"] == 0.0
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_serve_with_several_workers_shares_the_port_and_the_metrics(tiny_baseline, fake, tmp_path):
+    """--workers 3: three processes answer on one port (connections spread by the kernel), /metrics
+    from any of them counts every worker's requests, and one SIGTERM to the parent stops them all."""
+    import openai
+
+    fake.faults, fake.reply = None, None
+    serve_params(tmp_path, tiny_baseline, fake)
+    proc = subprocess.Popen([sys.executable, "-m", "complexitynet.cli", "serve", "--port", "0", "--workers", "3"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    try:
+        line = ""
+        while " workers on " not in line:  # port 0: the parent says which port the workers share
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "serve exited before its workers started"
+        url = line.split(" workers on ")[1].split()[0].removesuffix("/v1")
+        deadline = time.monotonic() + 60
+        while len(workers) < 3:  # each GET is a new connection: the kernel spreads them over the workers
+            workers.add(get_json(f"{url}/health", deadline, proc)["pid"])
+            assert time.monotonic() < deadline, f"only workers {workers} answered"
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for i in range(12):
+            client.close()
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)  # a new connection
+            answer = client.chat.completions.with_raw_response.create(
+                model="complexitynet", messages=[{"role": "user", "content": f"Write a function {i}."}])
+            assert answer.headers["x-complexitynet-model"] == "r0"  # target 0: the cheapest rung
+        metrics = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+        assert 'complexitynet_requests_total{model="r0",outcome="ok"} 12.0' in metrics
+        assert 'complexitynet_routed_total{model="r0"} 12.0' in metrics
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_worker_that_cannot_start_stops_the_service(tiny_baseline, fake, tmp_path):
+    serve_params(tmp_path, tiny_baseline, fake)
+    done = subprocess.run([sys.executable, "-m", "complexitynet.cli", "serve", "--port", "0", "--workers", "2",
+                           "--classifier", "no/such/dir"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "serve.classifier 'no/such/dir': no such file or directory" in done.stderr
+    assert "exited (code 2); stopping the others" in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 
 import numpy as np
@@ -138,3 +139,21 @@ def test_a_fast_classifier_is_not_held_back_by_the_batch_wait():
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_inline_classifier_runs_in_the_event_loop_one_prompt_a_call():
+    calls: list[tuple[list[str], str]] = []
+
+    def predict(texts: list[str]) -> np.ndarray:
+        calls.append((texts, threading.current_thread().name))
+        return np.tile([0.1, 0.2, 0.3, 0.4], (len(texts), 1))
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predict, batch_size=32, wait_s=0.3, queue_bound=1, inline=True)
+        batcher.start()
+        rows = await asyncio.gather(*(batcher.submit(f"p{i}") for i in range(5)))  # beyond the queue: no queue
+        assert [r.tolist() for r in rows] == [[0.1, 0.2, 0.3, 0.4]] * 5 and batcher.batches == 5
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert calls == [([f"p{i}"], threading.main_thread().name) for i in range(5)]

@@ -11,11 +11,12 @@ Retry-After. Nothing here logs or returns request content or an API key.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import os
 import time
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from complexitynet.route import prompt_text
@@ -41,7 +42,7 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         body = {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
-        return web.json_response(body, status=self.status, headers=self.headers)
+        return json_response(body, status=self.status, headers=self.headers)
 
 
 def bad_request(message: str, code: str, param: str | None = None) -> ApiError:
@@ -67,6 +68,11 @@ async def openai_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return ApiError(500, "internal error in the router (logged)", "server_error", "internal_error").response()
 
 
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """aiohttp's json_response, serialised by orjson (a tenth of the json module's time per answer)."""
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json")
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     limit = request.app[ROUTER].cfg.max_body_mb
     if request.content_length is not None and request.content_length > limit * 2**20:
@@ -78,8 +84,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, f"request body exceeds the router's limit of {limit:g} MB (serve.max_body_mb)",
                        "invalid_request_error", "request_too_large") from None
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
+        body = orjson.loads(raw)
+    except ValueError as exc:  # orjson.JSONDecodeError is one
         raise bad_request(f"the request body is not valid JSON ({exc})", "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", "invalid_json")
@@ -168,7 +174,7 @@ async def _chat(request: web.Request, router: Router, arrived: float) -> web.Str
     if stream:
         return web.Response(body=sse.from_answer(answer.data, keep_usage), headers=headers,
                             content_type="text/event-stream")
-    return web.json_response({**answer.data, "complexitynet": extension(plan, name, answer.tried)}, headers=headers)
+    return json_response({**answer.data, "complexitynet": extension(plan, name, answer.tried)}, headers=headers)
 
 
 async def _relay(request: web.Request, router: Router, body: dict[str, Any], plan: Plan,
@@ -199,21 +205,21 @@ async def route_only(request: web.Request) -> web.Response:
     if plan.decision is None:
         raise bad_request("/v1/route decides for routed names only ('complexitynet' or 'complexitynet:<target>')",
                           "invalid_model", "model")
-    return web.json_response({**plan.decision.as_dict(), "explanation": plan.decision.explain(router.ladder),
-                              "prices": {m.name: m.price.model_dump() for m in router.ladder}})
+    return json_response({**plan.decision.as_dict(), "explanation": plan.decision.explain(router.ladder),
+                          "prices": {m.name: m.price.model_dump() for m in router.ladder}})
 
 
 async def models(request: web.Request) -> web.Response:
     names = ["complexitynet", *request.app[ROUTER].models()]
-    return web.json_response({"object": "list", "data": [
+    return json_response({"object": "list", "data": [
         {"id": n, "object": "model", "created": 0, "owned_by": "complexitynet"} for n in names]})
 
 
 async def health(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
-    return web.json_response({"status": "ok", "ladder": router.ladder_name, "models": router.models(),
-                              "target": router.target, "target_source": router.target_source,
-                              "in_flight": router.in_flight})
+    return json_response({"status": "ok", "ladder": router.ladder_name, "models": router.models(),
+                          "target": router.target, "target_source": router.target_source,
+                          "in_flight": router.in_flight, "pid": os.getpid()})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,9 +1,12 @@
 """Prometheus metrics of the router, in a registry of its own (so several apps, e.g. in tests, never
-share counters). Labels are model names from the ladder and fixed words, never request content."""
+share counters). Labels are model names from the ladder and fixed words, never request content.
+With several router processes (serve.workers > 1) the counters live in files that /metrics sums."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -41,4 +44,10 @@ class Metrics:
         self.spend.labels(model).inc((prompt * price_in + completion * price_out) / 1e6)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The text exposition: this process's counters, or every worker's summed when the router runs
+        in several processes (PROMETHEUS_MULTIPROC_DIR, set by `serve`)."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)

@@ -63,12 +63,14 @@ class Plan:
 
 class Router:
     def __init__(self, ladder_name: str, ladder: list[ModelSpec], classes: list[str], predict: Predict,
-                 target: float, target_source: str, cfg: Serve, execute: Execute, sub_batch: int = SUB_BATCH) -> None:
+                 target: float, target_source: str, cfg: Serve, execute: Execute, sub_batch: int = SUB_BATCH,
+                 inline: bool = False) -> None:
         self.ladder_name, self.ladder, self.classes = ladder_name, ladder, classes
         self.target, self.target_source, self.cfg = target, target_source, cfg
         self.index = {m.name: i for i, m in enumerate(ladder)}
         self.metrics = Metrics()
-        self.batcher = MicroBatcher(predict, cfg.batch_size, cfg.batch_wait_ms / 1000, cfg.queue, sub_batch)
+        self.batcher = MicroBatcher(predict, cfg.batch_size, cfg.batch_wait_ms / 1000, cfg.queue, sub_batch,
+                                    inline)
         self.verifier = Verifier(cfg.verify, execute)
         self.upstreams: list[Upstream] = []
         self.session: aiohttp.ClientSession | None = None

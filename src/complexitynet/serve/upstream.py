@@ -9,13 +9,13 @@ sent only in the Authorization header, and removed from any upstream error body 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
 from complexitynet.config import ModelSpec
 
@@ -54,6 +54,14 @@ class Upstream:
         self.url = self.cfg.base_url.rstrip("/") + "/chat/completions"
         env = self.cfg.api_key_env
         self._key = (os.environ.get(env, "").strip() or None) if env else None
+        self._headers = {"Content-Type": "application/json"}
+        if self._key:
+            self._headers["Authorization"] = f"Bearer {self._key}"
+        # A plain answer has one deadline for the whole exchange. A stream has none (it lasts as long
+        # as the answer) but each read has one; that per-read timer is re-armed on every chunk, which
+        # a plain answer does not need to pay.
+        self._timeouts = {False: aiohttp.ClientTimeout(total=self.timeout_s),
+                          True: aiohttp.ClientTimeout(sock_connect=self.timeout_s, sock_read=self.timeout_s)}
 
     @property
     def name(self) -> str:
@@ -71,15 +79,9 @@ class Upstream:
     def redact(self, data: bytes) -> bytes:
         return data.replace(self._key.encode(), b"[redacted]") if self._key else data
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        return headers
-
     def body_for(self, request: dict[str, Any]) -> bytes:
         """The caller's request with this rung's model id."""
-        return json.dumps({**request, "model": self.cfg.model}).encode()
+        return orjson.dumps({**request, "model": self.cfg.model})
 
     async def complete(self, body: bytes) -> dict[str, Any]:
         """A non-streaming answer as parsed JSON; a malformed 200 counts as a failed attempt."""
@@ -108,16 +110,14 @@ class Upstream:
         raise UpstreamFailed(f"{last} after {self.retries + 1} attempt(s)")
 
     async def _attempt(self, body: bytes, stream: bool) -> Any:
-        timeout = aiohttp.ClientTimeout(total=None if stream else self.timeout_s, sock_connect=self.timeout_s,
-                                        sock_read=self.timeout_s)
-        resp = await self.session.post(self.url, data=body, headers=self._headers(), timeout=timeout)
+        resp = await self.session.post(self.url, data=body, headers=self._headers, timeout=self._timeouts[stream])
         if resp.status < 300 and stream:
             return resp
         async with resp:
             data = await resp.read()
         if resp.status < 300:
             try:
-                answer = json.loads(data)
+                answer = orjson.loads(data)
             except ValueError:
                 raise _Retry("a malformed answer (not JSON)") from None
             if not isinstance(answer, dict) or not answer.get("choices"):
