@@ -1,17 +1,23 @@
 """Benchmark: routing overhead of `complexitynet serve` under load, loopback only.
 
-Three processes: the fake OpenAI-compatible upstream (tests/fake_openai.py, answering at once), the
+Three processes: an instant upstream (a canned Chat Completions answer, see `InstantUpstream`), the
 router (`complexitynet serve` with a trained classifier: serve.classifier from params.yaml, or
---classifier, e.g. models/baselines/tfidf_lr.joblib), and this client
-(aiohttp, C concurrent workers, each sending its next request when the last one returns).
+--classifier, e.g. models/baselines/tfidf_lr.joblib), and this client (C concurrent workers on
+keep-alive connections, each sending its next request when the last one returns).
 
-Overhead, defined: at each concurrency C, in the same run, the client first calls the fake
-upstream directly, then calls it through the router with model "complexitynet" (classify, decide,
-forward, relay). overhead p50 = p50(through the router) - p50(direct), likewise p99. So it is the
-latency the router adds as a client sees it, with the router's queueing (classifier micro-batches,
-event loop) included. Every request carries a distinct MBPP task statement (what the classifier
-was trained on), so no cache could help. A warm-up at the largest C opens every connection first
-(long-lived clients keep theirs). Target at C=32: p50 < 15 ms, p99 < 60 ms, zero errors.
+Overhead, defined: at each concurrency C, in the same run, the client first calls the upstream
+directly, then calls it through the router with model "complexitynet" (classify, decide, forward,
+relay). overhead p50 = p50(through the router) - p50(direct), likewise p99. So it is the latency
+the router adds as a client sees it, with the router's queueing (classifier, event loop) included.
+Requests carry MBPP task statements (what the classifier was trained on), in order, starting over
+when all 974 have been sent (the router keeps no cache). A warm-up at the largest C opens every connection first (long-lived clients keep
+theirs). Target at C=32: p50 < 15 ms, p99 < 60 ms, zero errors.
+
+The client and the upstream are minimal HTTP/1.1 over asyncio (tens of microseconds a request, where
+an aiohttp client and server cost ~0.3 ms each): all three processes share the machine's two cores,
+and the load generator should take as little of them from the router as it can, as wrk or k6
+would. `--client aiohttp` drives the same load through aiohttp's client and the tests' fake server
+(tests/fake_openai.py), for comparison with earlier rows.
 
     .venv/bin/python benchmarks/router_load.py [--classifier models/baselines/tfidf_lr.joblib] [--concurrency 1 8 32]
 """
@@ -27,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
@@ -40,6 +47,75 @@ TARGET_P50_MS, TARGET_P99_MS = 15.0, 60.0
 def prompts() -> list[str]:
     path = Path(os.environ.get("COMPLEXITYNET_MIRROR", MBPP.parent.parent)) / "mbpp" / "mbpp.jsonl"
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
+
+ANSWER = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "def f():\n    return 8\n"}}],
+                     "usage": {"prompt_tokens": 64, "completion_tokens": 8, "total_tokens": 72}}).encode()
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
+
+
+def content_length(head: bytes) -> int:
+    """The Content-Length of an HTTP/1.1 message head; a chunked body is refused (nobody here sends one)."""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            raise ValueError(f"unexpected Transfer-Encoding: {value.strip().decode()}")
+    return length
+
+
+class InstantUpstream(asyncio.Protocol):
+    """An upstream that answers every request on a keep-alive connection at once with RESPONSE."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            size = end + 4 + content_length(self.buffer[:end])
+            if len(self.buffer) < size:
+                return
+            self.buffer = self.buffer[size:]
+            self.transport.write(RESPONSE)
+
+
+def serve_upstream() -> None:
+    """Run InstantUpstream on a free loopback port (its own process); print its base URL."""
+    async def forever() -> None:
+        server = await asyncio.get_running_loop().create_server(InstantUpstream, "127.0.0.1", 0)
+        print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(forever())
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 client connection: POST a JSON body, read the whole answer."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname, parts.port, parts.path.encode()
+
+    async def open(self) -> Connection:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def post(self, body: bytes) -> int:
+        """The answer's HTTP status."""
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (self.path, self.host.encode(), self.port, len(body), body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        await self.reader.readexactly(content_length(head))
+        return int(head[9:12])
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def start(cmd: list[str], cwd: Path) -> subprocess.Popen:
@@ -66,41 +142,66 @@ def router_params(tmp: Path, upstream: str, classifier: str) -> Path:
     return path
 
 
-async def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+async def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout_s: float = 120) -> None:
+    """Until `workers` different router processes have answered GET url (a new connection each time)."""
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while True:
+    seen: set[int] = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        while len(seen) < workers:
             try:
                 async with session.get(url) as resp:
                     if resp.status == 200:
-                        return
+                        seen.add((await resp.json()).get("pid", 0))
+                        await asyncio.sleep(0.02)
+                        continue
             except aiohttp.ClientError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up")
+                raise RuntimeError(f"{url} did not come up ({len(seen)} of {workers} workers answered)")
             await asyncio.sleep(0.3)
 
 
-async def drive(url: str, model: str, texts: list[str], concurrency: int) -> tuple[list[float], int, float]:
-    """(latencies in s, errors, wall s) of sending every text once with `concurrency` workers."""
+async def drive(url: str, model: str, texts: list[str], concurrency: int, client: str
+                ) -> tuple[list[float], int, float]:
+    """(latencies in s, errors, wall s) of sending every text once with `concurrency` workers, each on
+    its own keep-alive connection, opened before the clock starts."""
     todo = list(reversed(texts))
     latencies: list[float] = []
     errors = 0
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    def body() -> bytes:
+        return json.dumps({"model": model, "messages": [{"role": "user", "content": todo.pop()}],
+                           "max_tokens": 64}).encode()
+
+    async def lean(conn: Connection) -> None:
         nonlocal errors
         while todo:
-            body = {"model": model, "messages": [{"role": "user", "content": todo.pop()}], "max_tokens": 64}
+            data = body()
             t0 = time.perf_counter()
-            async with session.post(url, json=body) as resp:
+            errors += await conn.post(data) != 200
+            latencies.append(time.perf_counter() - t0)
+
+    async def with_aiohttp(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while todo:
+            data = body()
+            t0 = time.perf_counter()
+            async with session.post(url, data=data, headers={"Content-Type": "application/json"}) as resp:
                 await resp.read()
                 errors += resp.status != 200
             latencies.append(time.perf_counter() - t0)
 
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    if client == "lean":
+        conns = [await Connection(url).open() for _ in range(concurrency)]
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(lean(conn) for conn in conns))
+        wall = time.perf_counter() - t0
+        for conn in conns:
+            conn.close()
+        return latencies, errors, wall
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(with_aiohttp(session) for _ in range(concurrency)))
         return latencies, errors, time.perf_counter() - t0
 
 
@@ -111,26 +212,30 @@ def pct(values: list[float], q: float) -> float:
 async def run(args: argparse.Namespace) -> int:
     texts = prompts()
     with tempfile.TemporaryDirectory() as tmp:
-        fake = start([sys.executable, "-m", "tests.fake_openai"], REPO)
+        upstream_cmd = ([sys.executable, str(Path(__file__).resolve()), "--serve-upstream"] if args.client == "lean"
+                        else [sys.executable, "-m", "tests.fake_openai"])
+        fake = start(upstream_cmd, REPO)
         router = None
         try:
-            upstream = fake.stdout.readline().strip()  # the fake prints its base URL when ready
+            upstream = fake.stdout.readline().strip()  # the upstream prints its base URL when ready
             port = free_port()
             router = start([sys.executable, "-m", "complexitynet.cli", "--params",
-                            str(router_params(Path(tmp), upstream, args.classifier)), "serve", "--port", str(port)],
+                            str(router_params(Path(tmp), upstream, args.classifier)), "serve", "--port", str(port),
+                            "--workers", str(args.workers)],
                            REPO)
             base = f"http://127.0.0.1:{port}"
-            await wait_ready(f"{base}/health", router)
+            await wait_ready(f"{base}/health", router, args.workers)
             # warm-up at the largest concurrency: every connection (client -> router -> upstream) is open
             # before timing, as with long-lived clients; a cold 32-connection burst otherwise lands in the p99
             top = max(args.concurrency)
-            await drive(f"{base}/v1/chat/completions", "complexitynet", texts[-2 * top:], top)
+            await drive(f"{base}/v1/chat/completions", "complexitynet", texts[-4 * top:], top, args.client)
             used, rows = 0, []
             for c in args.concurrency:
                 n = max(args.min_requests, args.per_client * c)
-                batch, used = texts[used:used + n], used + n
-                direct, d_err, _ = await drive(f"{upstream}/chat/completions", "m0", batch, c)
-                routed, r_err, wall = await drive(f"{base}/v1/chat/completions", "complexitynet", batch, c)
+                batch, used = [texts[(used + i) % len(texts)] for i in range(n)], used + n
+                direct, d_err, _ = await drive(f"{upstream}/chat/completions", "m0", batch, c, args.client)
+                routed, r_err, wall = await drive(f"{base}/v1/chat/completions", "complexitynet", batch, c,
+                                                  args.client)
                 rows.append((c, n, pct(routed, 50) - pct(direct, 50), pct(routed, 99) - pct(direct, 99),
                              n / wall, pct(direct, 50), pct(routed, 50), d_err + r_err))
         finally:
@@ -146,7 +251,7 @@ async def run(args: argparse.Namespace) -> int:
     ok = o50 < TARGET_P50_MS and o99 < TARGET_P99_MS and err == 0
     print(f"at {c} clients: overhead p50 {o50:.1f} ms (target < {TARGET_P50_MS:g}), p99 {o99:.1f} ms "
           f"(target < {TARGET_P99_MS:g}), errors {err}")
-    print(f"classifier: {args.classifier}")
+    print(f"classifier: {args.classifier}; router workers: {args.workers}; client and upstream: {args.client}")
     print(f"RESULT router_overhead_p50_ms={o50:.1f} target={TARGET_P50_MS:g} ok={str(ok).lower()}")
     return 0
 
@@ -157,9 +262,17 @@ def main() -> int:
     parser.add_argument("--classifier", default=default, help=f"directory, .joblib file or MLflow URI (default: "
                         f"serve.classifier, {default})")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--per-client", type=int, default=8, help="requests per client at each level")
+    parser.add_argument("--per-client", type=int, default=64, help="requests per client at each level")
     parser.add_argument("--min-requests", type=int, default=100)
+    parser.add_argument("--client", choices=["lean", "aiohttp"], default="lean",
+                        help="the load generator and upstream: minimal asyncio HTTP (default), or aiohttp's client "
+                        "and the tests' fake server")
+    parser.add_argument("--workers", type=int, default=1, help="router processes (serve.workers)")
+    parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_upstream:
+        serve_upstream()
+        return 0
     if ":/" not in args.classifier:
         args.classifier = str((REPO / args.classifier).resolve())  # the router runs with another params file
         if not Path(args.classifier).exists():
