@@ -13,7 +13,7 @@ import pytest
 
 from complexitynet.cli import main
 from complexitynet.errors import ConfigError
-from complexitynet.route import FileClassifier, load_router_classifier
+from complexitynet.route import FileClassifier, SparseLinear, load_router_classifier
 from tests.conftest import REPO
 from tests.serve.conftest import CLASSES, RouterThread, router_params
 
@@ -64,7 +64,7 @@ def test_the_fast_tfidf_path_gives_scikit_learns_probabilities(mirror, tmp_path)
     """SparseLinear (what the router serves the TF-IDF baseline with) against the scikit-learn pipeline
     it was compiled from, fitted on every MBPP statement: the same probabilities, every row; other
     models keep scikit-learn."""
-    from complexitynet.baselines import Constant, SparseLinear
+    from complexitynet.baselines import Constant
     from complexitynet.config import Train
     from complexitynet.train import Split, fit_baselines
 
