@@ -9,6 +9,7 @@ pure except the loaders at the bottom, which read files (or the MLflow registry)
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -19,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from complexitynet.errors import ConfigError, DataError
-from complexitynet.routing import choose, success_probs
 
 if TYPE_CHECKING:
     from complexitynet.config import ModelSpec, Params
@@ -63,11 +63,13 @@ class Decision:
 
 def decide(level_probs: np.ndarray, ladder: list[ModelSpec], classes: list[str], target: float) -> Decision:
     """The decision for one prompt's probabilities over `classes` (len(ladder) + 1 levels)."""
-    row = np.asarray(level_probs, dtype=np.float64).reshape(1, -1)
-    index = int(choose(row, target)[0])
-    success = success_probs(row)[0].tolist()  # plain floats: per-element numpy conversions cost more
+    # routing.choose's rule on one row, in plain Python (numpy's per-call overhead dominates one row
+    # of four numbers; the router decides per request). tests/unit/test_route.py checks the two agree.
+    probs = np.asarray(level_probs, dtype=np.float64).ravel().tolist()
+    success = list(itertools.accumulate(probs))[:-1]  # routing.success_probs
+    index = next((i for i, s in enumerate(success) if s >= target - 1e-12), len(success) - 1)
     names = [m.name for m in ladder]
-    return Decision(probs={c: round(p, 6) for c, p in zip(classes, row[0].tolist())},
+    return Decision(probs={c: round(p, 6) for c, p in zip(classes, probs)},
                     success={n: round(s, 6) for n, s in zip(names, success)},
                     target=target, index=index, model=names[index], met=success[index] >= target - 1e-12)
 

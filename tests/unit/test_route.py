@@ -157,3 +157,17 @@ def test_an_inline_classifier_runs_in_the_event_loop_one_prompt_a_call():
 
     asyncio.run(scenario())
     assert calls == [([f"p{i}"], threading.main_thread().name) for i in range(5)]
+
+
+def test_decide_picks_what_routing_choose_picks():
+    """decide() evaluates routing.choose's rule in plain Python for one row: the same rung, always."""
+    from complexitynet.routing import choose, success_probs
+
+    rng = np.random.default_rng(0)
+    rows = rng.dirichlet(np.ones(4), size=400)
+    rows[:50] = np.round(rows[:50], 1)  # ties with round targets
+    for target in (0.0, 0.3, 0.5, 0.7, 0.9, 1.0):
+        for row in rows:
+            d = decide(row, ladder(), CLASSES, target)
+            assert d.index == int(choose(row[None, :], target)[0])
+            assert np.allclose(list(d.success.values()), success_probs(row[None, :])[0], atol=1e-6)

@@ -10,7 +10,6 @@ Retry-After. Nothing here logs or returns request content or an API key.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -131,7 +130,7 @@ def route_headers(plan: Plan, model: str, tried: list[Attempt]) -> dict[str, str
 def extension(plan: Plan, model: str, tried: list[Attempt]) -> dict[str, Any]:
     return {"model": model, "routed": plan.decision is not None,
             "decision": plan.decision.as_dict() if plan.decision else None,
-            "tried": [dataclasses.asdict(a) for a in tried]}
+            "tried": tried}  # orjson writes the Attempt dataclasses as objects
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
