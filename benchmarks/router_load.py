@@ -10,8 +10,9 @@ directly, then calls it through the router with model "complexitynet" (classify,
 relay). overhead p50 = p50(through the router) - p50(direct), likewise p99. So it is the latency
 the router adds as a client sees it, with the router's queueing (classifier, event loop) included.
 Requests carry MBPP task statements (what the classifier was trained on), in order, starting over
-when all 974 have been sent (the router keeps no cache). A warm-up at the largest C opens every connection first (long-lived clients keep
-theirs). Target at C=32: p50 < 15 ms, p99 < 60 ms, zero errors.
+when all 974 have been sent (the router keeps no cache). A warm-up at the largest C runs first, and
+each client's connection is open before its clock starts (long-lived clients keep theirs). Target
+at C=32: p50 < 15 ms, p99 < 60 ms, zero errors.
 
 The client and the upstream are minimal HTTP/1.1 over asyncio (tens of microseconds a request, where
 an aiohttp client and server cost ~0.3 ms each): all three processes share the machine's two cores,
@@ -19,7 +20,8 @@ and the load generator should take as little of them from the router as it can, 
 would. `--client aiohttp` drives the same load through aiohttp's client and the tests' fake server
 (tests/fake_openai.py), for comparison with earlier rows.
 
-    .venv/bin/python benchmarks/router_load.py [--classifier models/baselines/tfidf_lr.joblib] [--concurrency 1 8 32]
+    .venv/bin/python benchmarks/router_load.py [--classifier models/baselines/tfidf_lr.joblib] [--workers 2]
+                                               [--concurrency 1 8 32] [--client lean|aiohttp]
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ async def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout
     seen: set[int] = set()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         while len(seen) < workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up ({len(seen)} of {workers} workers answered)")
             try:
                 async with session.get(url) as resp:
                     if resp.status == 200:
@@ -156,8 +160,6 @@ async def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout
                         continue
             except aiohttp.ClientError:
                 pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up ({len(seen)} of {workers} workers answered)")
             await asyncio.sleep(0.3)
 
 
