@@ -13,7 +13,9 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import mul
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -61,11 +63,11 @@ class Decision:
                 "met": self.met, "probs": self.probs, "success": self.success}
 
 
-def decide(level_probs: np.ndarray, ladder: list[ModelSpec], classes: list[str], target: float) -> Decision:
+def decide(level_probs: np.ndarray | list[float], ladder: list[ModelSpec], classes: list[str], target: float) -> Decision:
     """The decision for one prompt's probabilities over `classes` (len(ladder) + 1 levels)."""
     # routing.choose's rule on one row, in plain Python (numpy's per-call overhead dominates one row
     # of four numbers; the router decides per request). tests/unit/test_route.py checks the two agree.
-    probs = np.asarray(level_probs, dtype=np.float64).ravel().tolist()
+    probs = level_probs if isinstance(level_probs, list) else np.asarray(level_probs, dtype=np.float64).ravel().tolist()
     success = list(itertools.accumulate(probs))[:-1]  # routing.success_probs
     index = next((i for i, s in enumerate(success) if s >= target - 1e-12), len(success) - 1)
     names = [m.name for m in ladder]
@@ -174,8 +176,9 @@ class SparseLinear:
     def __init__(self, analyzer, vocabulary: dict[str, int], idf: list[float], sublinear_tf: bool,
                  weights: list[tuple[float, ...]], intercept: list[float], columns: list[int], num_labels: int):
         self.analyzer, self.vocabulary, self.idf, self.sublinear_tf = analyzer, vocabulary, idf, sublinear_tf
-        self.weights, self.intercept = weights, intercept  # weights[term] = that term's coefficient per class
-        self.columns, self.num_labels = columns, num_labels
+        self.intercept, self.columns, self.num_labels = intercept, columns, num_labels
+        # per class, every term's idf x coefficient (weights[term] = the term's coefficient per class)
+        self.scaled = [[i * w[k] for i, w in zip(idf, weights)] for k in range(len(intercept))]
 
     @classmethod
     def compile(cls, model) -> SparseLinear | None:
@@ -197,32 +200,31 @@ class SparseLinear:
                    [float(x) for x in lr.intercept_], [int(c) for c in lr.classes_], model.num_labels)
 
     def scores(self, text: str) -> list[float]:
-        """The logistic regression's decision values for one text."""
+        """The logistic regression's decision values for one text: intercept + (tf x idf / norm) . coef,
+        summed term by term in C (map) rather than in Python loops."""
         counts: dict[int, int] = {}
-        vocabulary = self.vocabulary
-        for token in self.analyzer(text):
-            j = vocabulary.get(token)
+        for j in map(self.vocabulary.get, self.analyzer(text)):
             if j is not None:
                 counts[j] = counts.get(j, 0) + 1
-        idf = self.idf
-        tfidf = [((math.log(n) + 1.0) if self.sublinear_tf else n) * idf[j] for j, n in counts.items()]
-        norm = math.sqrt(sum(w * w for w in tfidf)) or 1.0
-        out = list(self.intercept)
-        for j, w in zip(counts, tfidf):
-            w /= norm
-            for k, coef in enumerate(self.weights[j]):
-                out[k] += w * coef
+        terms = list(counts)
+        tf = [math.log(n) + 1.0 for n in counts.values()] if self.sublinear_tf else [float(n) for n in counts.values()]
+        tfidf = list(map(mul, tf, map(self.idf.__getitem__, terms)))
+        norm = math.sqrt(sum(map(mul, tfidf, tfidf))) or 1.0
+        return [b + sum(map(mul, tf, map(col.__getitem__, terms))) / norm for b, col in zip(self.intercept, self.scaled)]
+
+    def proba_one(self, text: str) -> list[float]:
+        """One text's probability per level (the softmax of its scores, in the levels' columns)."""
+        scores = self.scores(text)
+        top = max(scores)
+        exp = [math.exp(x - top) for x in scores]
+        total = sum(exp)
+        out = [0.0] * self.num_labels
+        for column, e in zip(self.columns, exp):
+            out[column] = e / total
         return out
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.num_labels))
-        for row, text in enumerate(texts):
-            scores = self.scores(text)
-            top = max(scores)
-            exp = [math.exp(x - top) for x in scores]
-            total = sum(exp)
-            out[row, self.columns] = [e / total for e in exp]
-        return out
+        return np.array([self.proba_one(t) for t in texts], dtype=np.float64).reshape(len(texts), self.num_labels)
 
 
 @dataclass(frozen=True)
@@ -236,9 +238,10 @@ class FileClassifier:
     fast: SparseLinear | None = None  # the same model without scikit-learn's per-call cost, when it has one
 
     @property
-    def inline(self) -> bool:
-        """Cheap enough to classify inside the event loop (no micro-batching, no thread hop)."""
-        return self.fast is not None
+    def inline(self) -> Callable[[str], list[float]] | None:
+        """One text's probabilities, when that is cheap enough to run inside the event loop (no
+        micro-batching, no thread hop); None otherwise."""
+        return self.fast.proba_one if self.fast is not None else None
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         if self.fast is not None:

@@ -142,21 +142,24 @@ def test_a_fast_classifier_is_not_held_back_by_the_batch_wait():
 
 
 def test_an_inline_classifier_runs_in_the_event_loop_one_prompt_a_call():
-    calls: list[tuple[list[str], str]] = []
+    calls: list[tuple[str, str]] = []
+
+    def predict_one(text: str) -> list[float]:
+        calls.append((text, threading.current_thread().name))
+        return [0.1, 0.2, 0.3, 0.4]
 
     def predict(texts: list[str]) -> np.ndarray:
-        calls.append((texts, threading.current_thread().name))
-        return np.tile([0.1, 0.2, 0.3, 0.4], (len(texts), 1))
+        raise AssertionError("an inline classifier is never batched")
 
     async def scenario() -> None:
-        batcher = MicroBatcher(predict, batch_size=32, wait_s=0.3, queue_bound=1, inline=True)
+        batcher = MicroBatcher(predict, batch_size=32, wait_s=0.3, queue_bound=1, inline=predict_one)
         batcher.start()
         rows = await asyncio.gather(*(batcher.submit(f"p{i}") for i in range(5)))  # beyond the queue: no queue
-        assert [r.tolist() for r in rows] == [[0.1, 0.2, 0.3, 0.4]] * 5 and batcher.batches == 5
+        assert rows == [[0.1, 0.2, 0.3, 0.4]] * 5 and batcher.batches == 5
         await batcher.stop()
 
     asyncio.run(scenario())
-    assert calls == [([f"p{i}"], threading.main_thread().name) for i in range(5)]
+    assert calls == [(f"p{i}", threading.main_thread().name) for i in range(5)]
 
 
 def test_decide_picks_what_routing_choose_picks():
@@ -170,4 +173,5 @@ def test_decide_picks_what_routing_choose_picks():
         for row in rows:
             d = decide(row, ladder(), CLASSES, target)
             assert d.index == int(choose(row[None, :], target)[0])
+            assert decide(row.tolist(), ladder(), CLASSES, target) == d  # the router passes a list
             assert np.allclose(list(d.success.values()), success_probs(row[None, :])[0], atol=1e-6)

@@ -36,7 +36,7 @@ def build_router(params: Params, classifier: str | None = None, ladder: str | No
     check_levels(clf.classes, name, rungs, source)
     target, origin = default_target(cfg.target, Path(cfg.eval_metrics), cfg.fallback_target)
     sub_batch = 0 if isinstance(clf, FileClassifier) else SUB_BATCH  # bag-of-words baselines do not pad
-    inline = isinstance(clf, FileClassifier) and clf.inline
+    inline = clf.inline if isinstance(clf, FileClassifier) else None
     return Router(name, rungs, clf.classes, clf.predict_proba, target, origin, cfg, params.execute, sub_batch, inline)
 
 

@@ -1,9 +1,9 @@
 """The HTTP layer: an OpenAI-compatible server over the Router.
 
 Endpoints: POST /v1/chat/completions (streaming and not), GET /v1/models, POST /v1/route (the
-decision only), GET /health, GET /metrics (Prometheus). aiohttp serves it: its HTTP parser is C
-and its client pools upstream connections cheaply, while uvicorn here would run on h11, a
-pure-Python parser (uvloop/httptools are not in requirements.lock). Every error is an
+decision only), GET /health, GET /metrics (Prometheus). aiohttp serves it: its HTTP parser is C,
+while uvicorn here would run on h11, a pure-Python parser (uvloop/httptools are not in
+requirements.lock). Upstream calls go through serve/http1.py. Every error is an
 OpenAI-style object `{"error": {"message", "type", "code", "param"}}`; overload is a 503 with
 Retry-After. Nothing here logs or returns request content or an API key.
 """
@@ -184,7 +184,7 @@ async def _relay(request: web.Request, router: Router, body: dict[str, Any], pla
                                       "Cache-Control": "no-cache"})
     try:
         await out.prepare(request)
-        usage = await sse.relay(resp, out.write, keep_usage)
+        usage = await sse.relay(resp.chunks(up.timeout_s), out.write, keep_usage)
     finally:
         resp.release()
     router.metrics.usage(up.name, usage, up.spec.price.input, up.spec.price.output)

@@ -10,20 +10,22 @@ classifier is thus not held back by `wait_s`; a transformer's (p >= 8 ms here) i
 releases the GIL), so the event loop keeps accepting and forwarding requests meanwhile. The queue is
 bounded: when it is full, `submit` raises `Overloaded` at once instead of letting latency grow
 without limit. An `inline` classifier (tens of microseconds a prompt, nothing to amortise: the
-compiled TF-IDF baseline) skips all of this and runs in the event loop, one prompt per call: the
-queue, the futures and the thread hop would cost more than the classification.
+compiled TF-IDF baseline, given as its one-prompt function) skips all of this and runs in the event
+loop, one prompt per call: the queue, the futures and the thread hop would cost more than the
+classification.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 Predict = Callable[[list[str]], np.ndarray]  # texts -> one row of level probabilities per text
+PredictOne = Callable[[str], list[float]]  # one text -> its level probabilities
 SUB_BATCH = 8  # rows per forward pass inside a length-sorted batch: little padding, few calls
 
 
@@ -49,7 +51,7 @@ class MicroBatcher:
     them together. Start it inside the event loop that will call `submit`."""
 
     def __init__(self, predict: Predict, batch_size: int, wait_s: float, queue_bound: int,
-                 sub_batch: int = SUB_BATCH, inline: bool = False) -> None:
+                 sub_batch: int = SUB_BATCH, inline: PredictOne | None = None) -> None:
         self.predict, self.batch_size, self.wait_s, self.sub_batch = predict, batch_size, wait_s, sub_batch
         self.inline = inline
         self.last_pass_s = 2 * wait_s  # the last forward pass's duration (caps the wait for company)
@@ -59,7 +61,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        if self.inline:
+        if self.inline is not None:
             return
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 
@@ -70,11 +72,11 @@ class MicroBatcher:
                 await self._task
         self.executor.shutdown(wait=True)
 
-    async def submit(self, text: str) -> np.ndarray:
+    async def submit(self, text: str) -> Sequence[float]:
         """The level probabilities for `text`; raises Overloaded when the queue is full."""
-        if self.inline:
+        if self.inline is not None:
             self.batches += 1
-            return np.asarray(self.predict([text]))[0]
+            return self.inline(text)
         future = asyncio.get_running_loop().create_future()
         try:
             self.queue.put_nowait((text, future))

@@ -4,6 +4,7 @@ With several router processes (serve.workers > 1) the counters live in files tha
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -33,6 +34,11 @@ class Metrics:
                               registry=r)
         self.spend = Counter("complexitynet_spend_usd", "Estimated spend: usage x ladder prices", ["model"],
                              registry=r)
+        # labels() takes a lock and re-checks its arguments on every call; the label values here come
+        # from a small fixed set, so each metric's children are looked up once and kept
+        for metric in (self.requests, self.routed, self.escalations, self.rejected, self.verifications,
+                       self.upstream_seconds, self.tokens, self.spend):
+            metric.labels = functools.cache(metric.labels)
 
     def usage(self, model: str, usage: dict | None, price_in: float, price_out: float) -> None:
         """Count tokens and estimated spend from an upstream `usage` object (absent: nothing to count)."""

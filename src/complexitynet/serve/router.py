@@ -15,12 +15,11 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-import numpy as np
 
 from complexitynet.config import Execute, ModelSpec, Serve
 from complexitynet.route import Decision, decide, parse_model
-from complexitynet.serve.batcher import SUB_BATCH, MicroBatcher, Predict
+from complexitynet.serve.batcher import SUB_BATCH, MicroBatcher, Predict, PredictOne
+from complexitynet.serve.http1 import Client, Response
 from complexitynet.serve.metrics import Metrics
 from complexitynet.serve.upstream import Upstream, UpstreamFailed
 from complexitynet.serve.verify import TestSpec, Verifier
@@ -64,7 +63,7 @@ class Plan:
 class Router:
     def __init__(self, ladder_name: str, ladder: list[ModelSpec], classes: list[str], predict: Predict,
                  target: float, target_source: str, cfg: Serve, execute: Execute, sub_batch: int = SUB_BATCH,
-                 inline: bool = False) -> None:
+                 inline: PredictOne | None = None) -> None:
         self.ladder_name, self.ladder, self.classes = ladder_name, ladder, classes
         self.target, self.target_source, self.cfg = target, target_source, cfg
         self.index = {m.name: i for i, m in enumerate(ladder)}
@@ -73,25 +72,25 @@ class Router:
                                     inline)
         self.verifier = Verifier(cfg.verify, execute)
         self.upstreams: list[Upstream] = []
-        self.session: aiohttp.ClientSession | None = None
+        self.client: Client | None = None
         self.in_flight = 0  # chat requests being served (the HTTP layer bounds it)
 
     async def start(self) -> None:
         """Open the upstream connection pool and the batcher (inside the serving event loop)."""
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
-        self.upstreams = [Upstream(spec, self.session, self.cfg.upstream_timeout_s, self.cfg.upstream_retries,
+        self.client = Client()
+        self.upstreams = [Upstream(spec, self.client, self.cfg.upstream_timeout_s, self.cfg.upstream_retries,
                                    self.cfg.backoff_s) for spec in self.ladder]
         self.batcher.start()
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        if self.session is not None:
-            await self.session.close()
+        if self.client is not None:
+            await self.client.close()
         self.verifier.close()
 
     async def decide(self, text: str, target: float | None) -> Decision:
         probs = await self.batcher.submit(text)
-        decision = decide(np.asarray(probs), self.ladder, self.classes, self.target if target is None else target)
+        decision = decide(probs, self.ladder, self.classes, self.target if target is None else target)
         self.metrics.routed.labels(decision.model).inc()
         return decision
 
@@ -136,8 +135,7 @@ class Router:
             raise AllFailed(tried)
         return last
 
-    async def open_stream(self, request: dict[str, Any], plan: Plan) -> tuple[aiohttp.ClientResponse, Upstream,
-                                                                             list[Attempt]]:
+    async def open_stream(self, request: dict[str, Any], plan: Plan) -> tuple[Response, Upstream, list[Attempt]]:
         """An open upstream stream from the first rung that starts one (escalating before the first
         byte; once bytes flow to the caller the rung cannot change)."""
         tried: list[Attempt] = []

@@ -9,10 +9,8 @@ for it, so clients that do not expect a chunk without choices never see one.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-
-import aiohttp
 
 Write = Callable[[bytes], Awaitable[None]]
 DONE = b"data: [DONE]\n\n"
@@ -33,10 +31,11 @@ def _usage_of(event: bytes) -> tuple[dict | None, bool]:
     return None, False
 
 
-async def relay(resp: aiohttp.ClientResponse, write: Write, keep_usage: bool) -> dict | None:
-    """Copy the upstream's events to `write`, event by event; returns the usage it reported."""
+async def relay(chunks: AsyncIterator[bytes], write: Write, keep_usage: bool) -> dict | None:
+    """Copy the upstream's events (its body, as it arrives) to `write`, event by event; returns the
+    usage it reported."""
     usage, buf = None, b""
-    async for chunk in resp.content.iter_any():
+    async for chunk in chunks:
         buf += chunk.replace(b"\r\n", b"\n")
         while b"\n\n" in buf:
             event, buf = buf.split(b"\n\n", 1)

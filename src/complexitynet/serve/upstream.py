@@ -1,8 +1,8 @@
 """Forwarding to one rung's Chat Completions endpoint, with retries.
 
-aiohttp's client is used (not the `openai` client) because the router forwards the caller's request
-body as it is and passes the upstream bytes back, streaming included; the `openai` client would
-parse and re-serialise every answer. The API key is read once from the variable the ladder names,
+The router's own HTTP/1.1 client (serve/http1.py) is used, not the `openai` client: the router
+forwards the caller's request body as it is and passes the upstream bytes back, streaming
+included, where the `openai` client would parse and re-serialise every answer. The API key is read once from the variable the ladder names,
 sent only in the Authorization header, and removed from any upstream error body passed back.
 """
 
@@ -14,10 +14,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
-from complexitynet.config import ModelSpec
+from complexitynet.config import ConfigError, ModelSpec
+from complexitynet.serve.http1 import Client, HTTPError, Response
 
 RETRY_STATUSES = {408, 409, 429}  # and every 5xx
 MAX_WAIT_S = 5.0  # longest pause between attempts: past that, the next rung is the better bet
@@ -42,7 +42,7 @@ class KeyMissing(Exception):
 @dataclass
 class Upstream:
     spec: ModelSpec
-    session: aiohttp.ClientSession
+    client: Client
     timeout_s: float
     retries: int
     backoff_s: float
@@ -54,14 +54,14 @@ class Upstream:
         self.url = self.cfg.base_url.rstrip("/") + "/chat/completions"
         env = self.cfg.api_key_env
         self._key = (os.environ.get(env, "").strip() or None) if env else None
-        self._headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         if self._key:
-            self._headers["Authorization"] = f"Bearer {self._key}"
-        # A plain answer has one deadline for the whole exchange. A stream has none (it lasts as long
-        # as the answer) but each read has one; that per-read timer is re-armed on every chunk, which
-        # a plain answer does not need to pay.
-        self._timeouts = {False: aiohttp.ClientTimeout(total=self.timeout_s),
-                          True: aiohttp.ClientTimeout(sock_connect=self.timeout_s, sock_read=self.timeout_s)}
+            headers["Authorization"] = f"Bearer {self._key}"
+        try:  # the request's bytes up to its Content-Length, once: the key is in them, so never shown
+            self._origin, self._head = self.client.request_head(self.url, headers)
+        except ValueError as exc:
+            raise ConfigError(f"model '{self.spec.name}': openai.base_url {exc}; give the endpoint's base URL, "
+                              "e.g. http://127.0.0.1:8000/v1") from None
 
     @property
     def name(self) -> str:
@@ -87,8 +87,10 @@ class Upstream:
         """A non-streaming answer as parsed JSON; a malformed 200 counts as a failed attempt."""
         return await self._with_retries(body, stream=False)
 
-    async def open_stream(self, body: bytes) -> aiohttp.ClientResponse:
-        """An open 2xx streaming response (retried until the first byte; not after)."""
+    async def open_stream(self, body: bytes) -> Response:
+        """An open 2xx streaming response (retried until its head arrives; not after). A plain answer has
+        one deadline for the whole exchange; a stream lasts as long as the answer, so its head has
+        that deadline and then each read of its body (`Response.chunks(timeout_s)`)."""
         return await self._with_retries(body, stream=True)
 
     async def _with_retries(self, body: bytes, stream: bool) -> Any:
@@ -103,17 +105,19 @@ class Upstream:
             except _Retry as retry:
                 last = retry.reason
                 wait = max(wait, retry.after_s)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except HTTPError as exc:
+                last = str(exc)
+            except (OSError, TimeoutError) as exc:  # refused, reset, DNS, TLS; or no answer within timeout_s
                 last = type(exc).__name__
             if attempt < self.retries:
                 await asyncio.sleep(min(wait, MAX_WAIT_S))
         raise UpstreamFailed(f"{last} after {self.retries + 1} attempt(s)")
 
     async def _attempt(self, body: bytes, stream: bool) -> Any:
-        resp = await self.session.post(self.url, data=body, headers=self._headers, timeout=self._timeouts[stream])
-        if resp.status < 300 and stream:
-            return resp
-        async with resp:
+        async with asyncio.timeout(self.timeout_s):
+            resp = await self.client.post(self._origin, self._head, body)
+            if resp.status < 300 and stream:
+                return resp
             data = await resp.read()
         if resp.status < 300:
             try:
@@ -124,7 +128,7 @@ class Upstream:
                 raise _Retry("a malformed answer (no choices)")
             return answer
         if resp.status in RETRY_STATUSES or resp.status >= 500:
-            raise _Retry(f"HTTP {resp.status}", _retry_after(resp.headers.get("Retry-After")))
+            raise _Retry(f"HTTP {resp.status}", _retry_after(resp.headers.get("retry-after")))
         raise UpstreamRejected(resp.status, self.redact(data))
 
 
