@@ -1,9 +1,14 @@
 """Benchmark: routing overhead of `complexitynet serve` under load, loopback only.
 
 Three processes: an instant upstream (a canned Chat Completions answer, see `InstantUpstream`), the
-router (`complexitynet serve` with a trained classifier: serve.classifier from params.yaml, or
---classifier, e.g. models/baselines/tfidf_lr.joblib), and this client (C concurrent workers on
-keep-alive connections, each sending its next request when the last one returns).
+router (`complexitynet serve --workers W` with a trained classifier), and this client (C concurrent
+workers on keep-alive connections, each sending its next request when the last one returns).
+
+The default is the configuration the README recommends for serving on CPU cores: the TF-IDF
+baseline that `train` writes (models/baselines/tfidf_lr.joblib, which routes MBPP as well as the
+LoRA classifier) on 2 workers. The LoRA classifier needs 8-23 ms of CPU per prompt here, so it
+cannot meet the target on two cores whatever the server does: measure it with
+`--classifier models/classifier --workers 1`.
 
 Overhead, defined: at each concurrency C, in the same run, the client first calls the upstream
 directly, then calls it through the router with model "complexitynet" (classify, decide, forward,
@@ -20,7 +25,7 @@ and the load generator should take as little of them from the router as it can, 
 would. `--client aiohttp` drives the same load through aiohttp's client and the tests' fake server
 (tests/fake_openai.py), for comparison with earlier rows.
 
-    .venv/bin/python benchmarks/router_load.py [--classifier models/baselines/tfidf_lr.joblib] [--workers 2]
+    .venv/bin/python benchmarks/router_load.py [--classifier models/classifier] [--workers 1]
                                                [--concurrency 1 8 32] [--client lean|aiohttp]
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections import Counter
 import os
 import subprocess
 import sys
@@ -116,6 +122,12 @@ class Connection:
         await self.reader.readexactly(content_length(head))
         return int(head[9:12])
 
+    async def worker_pid(self) -> int:
+        """The pid of the router worker this connection landed on (GET /health names it)."""
+        self.writer.write(b"GET /health HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (self.host.encode(), self.port))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        return json.loads(await self.reader.readexactly(content_length(head)))["pid"]
+
     def close(self) -> None:
         self.writer.close()
 
@@ -163,10 +175,11 @@ async def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout
             await asyncio.sleep(0.3)
 
 
-async def drive(url: str, model: str, texts: list[str], concurrency: int, client: str
+async def drive(url: str, model: str, texts: list[str], concurrency: int, client: str, split: list[int] | None = None
                 ) -> tuple[list[float], int, float]:
     """(latencies in s, errors, wall s) of sending every text once with `concurrency` workers, each on
-    its own keep-alive connection, opened before the clock starts."""
+    its own keep-alive connection, opened before the clock starts. With `split` (lean client, router
+    URL), it gets the number of those connections each router worker holds."""
     todo = list(reversed(texts))
     latencies: list[float] = []
     errors = 0
@@ -195,6 +208,8 @@ async def drive(url: str, model: str, texts: list[str], concurrency: int, client
 
     if client == "lean":
         conns = [await Connection(url).open() for _ in range(concurrency)]
+        if split is not None:
+            split += sorted(Counter([await conn.worker_pid() for conn in conns]).values())
         t0 = time.perf_counter()
         await asyncio.gather(*(lean(conn) for conn in conns))
         wall = time.perf_counter() - t0
@@ -236,20 +251,22 @@ async def run(args: argparse.Namespace) -> int:
                 n = max(args.min_requests, args.per_client * c)
                 batch, used = [texts[(used + i) % len(texts)] for i in range(n)], used + n
                 direct, d_err, _ = await drive(f"{upstream}/chat/completions", "m0", batch, c, args.client)
+                split: list[int] = []
                 routed, r_err, wall = await drive(f"{base}/v1/chat/completions", "complexitynet", batch, c,
-                                                  args.client)
+                                                  args.client, split if args.client == "lean" else None)
                 rows.append((c, n, pct(routed, 50) - pct(direct, 50), pct(routed, 99) - pct(direct, 99),
-                             n / wall, pct(direct, 50), pct(routed, 50), d_err + r_err))
+                             n / wall, pct(direct, 50), pct(routed, 50), d_err + r_err,
+                             "/".join(map(str, split)) or "-"))
         finally:
             for proc in (router, fake):
                 if proc is not None:
                     proc.terminate()
                     proc.wait(10)
     print(f"{'clients':>7} {'requests':>8} {'overhead p50':>12} {'overhead p99':>12} {'req/s':>7} "
-          f"{'direct p50':>10} {'router p50':>10} {'errors':>6}")
-    for c, n, o50, o99, rps, d50, r50, err in rows:
-        print(f"{c:>7} {n:>8} {o50:>10.1f}ms {o99:>10.1f}ms {rps:>7.1f} {d50:>8.1f}ms {r50:>8.1f}ms {err:>6}")
-    c, _, o50, o99, _, _, _, err = rows[-1]
+          f"{'direct p50':>10} {'router p50':>10} {'errors':>6}  connections per worker")
+    for c, n, o50, o99, rps, d50, r50, err, split in rows:
+        print(f"{c:>7} {n:>8} {o50:>10.1f}ms {o99:>10.1f}ms {rps:>7.1f} {d50:>8.1f}ms {r50:>8.1f}ms {err:>6}  {split}")
+    c, _, o50, o99, _, _, _, err, _ = rows[-1]
     ok = o50 < TARGET_P50_MS and o99 < TARGET_P99_MS and err == 0
     print(f"at {c} clients: overhead p50 {o50:.1f} ms (target < {TARGET_P50_MS:g}), p99 {o99:.1f} ms "
           f"(target < {TARGET_P99_MS:g}), errors {err}")
@@ -260,16 +277,15 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = yaml.safe_load((REPO / "params.yaml").read_text())["serve"]["classifier"]
-    parser.add_argument("--classifier", default=default, help=f"directory, .joblib file or MLflow URI (default: "
-                        f"serve.classifier, {default})")
+    parser.add_argument("--classifier", default="models/baselines/tfidf_lr.joblib",
+                        help="directory (models/classifier: LoRA), .joblib file or MLflow URI (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--per-client", type=int, default=64, help="requests per client at each level")
     parser.add_argument("--min-requests", type=int, default=100)
     parser.add_argument("--client", choices=["lean", "aiohttp"], default="lean",
                         help="the load generator and upstream: minimal asyncio HTTP (default), or aiohttp's client "
                         "and the tests' fake server")
-    parser.add_argument("--workers", type=int, default=1, help="router processes (serve.workers)")
+    parser.add_argument("--workers", type=int, default=2, help="router processes (serve.workers; default %(default)s)")
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
