@@ -14,6 +14,7 @@ body's hash, how many times that body was seen before, and the parsed body:
 - "no_choices": 200 with JSON that lacks `choices`
 - "no_usage": a normal answer without `usage`
 - "401_echo": 401 whose message repeats the presented key (as some providers' errors do)
+- "cut": a stream that breaks after its first two events (the connection closes mid-body)
 
 `reply` (body -> text), when given, chooses the completion text (e.g. per model). A request with
 `"stream": true` is answered as server-sent events (a role chunk, content chunks, a finish chunk,
@@ -158,7 +159,8 @@ class FakeOpenAI:
             with self._lock:
                 self.successes[key] += 1
             self._count("200", None)
-            return await self._stream(request, body, key, text, (prompt_tokens, completion_tokens))
+            return await self._stream(request, body, key, text, (prompt_tokens, completion_tokens),
+                                      cut=fault == "cut")
         payload = {
             "id": f"chatcmpl-{key}", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -172,7 +174,7 @@ class FakeOpenAI:
         return self._count("200", web.json_response(payload))
 
     async def _stream(self, request: web.Request, body: dict, key: str, text: str,
-                      tokens: tuple[int, int]) -> web.StreamResponse:
+                      tokens: tuple[int, int], cut: bool = False) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         base = {"id": f"chatcmpl-{key}", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
@@ -182,7 +184,11 @@ class FakeOpenAI:
         if (body.get("stream_options") or {}).get("include_usage"):
             events.append({**base, "choices": [], "usage": {"prompt_tokens": tokens[0], "completion_tokens": tokens[1],
                                                             "total_tokens": sum(tokens)}})
-        for event in events:
+        for i, event in enumerate(events):
+            if cut and i == 2:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
             await resp.write(f"data: {json.dumps(event)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()

@@ -206,7 +206,7 @@ def test_idle_connections_expire(monkeypatch):
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding 'gzip' is not supported"),
     (b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * (70 * 1024), "response head exceeds 65536 bytes"),
     (b"HTTP/1.1 200", "closed the connection in the middle of its response"),
-    (b"", "the upstream closed the connection"),
+    (b"", "the upstream closed the connection without answering"),
 ])
 def test_broken_answers_are_errors_that_say_what_broke(answer, error):
     async def scenario() -> None:

@@ -83,6 +83,24 @@ def test_streaming_end_to_end(server, clean_fake):
     assert 'complexitynet_spend_usd_total{model="rung-small"}' in metrics  # streamed usage is counted
 
 
+def test_a_stream_the_upstream_breaks_off_breaks_for_the_caller(server, clean_fake, caplog):
+    """After the first byte no other rung can take over: the caller's client must see a broken stream,
+    not a stream that looks complete, and the router goes on serving."""
+    clean_fake.faults = lambda key, attempt, body: "cut"
+    client = server.client()
+    received = []
+    with caplog.at_level(logging.WARNING), pytest.raises(openai.APIConnectionError):
+        for chunk in client.chat.completions.create(model="complexitynet:0", messages=PROMPT, stream=True):
+            received.append(chunk)
+    assert received and received[0].choices[0].delta.role == "assistant"  # the part that came through
+    assert "the stream from rung-small broke off (the upstream closed the connection in the middle" in caplog.text
+    assert "unexpected error" not in caplog.text
+    clean_fake.faults = None
+    assert client.chat.completions.create(model="complexitynet:0", messages=PROMPT).choices[0].message.content
+    metrics = get(f"{server.base_url}/metrics").decode()
+    assert 'complexitynet_requests_total{model="rung-small",outcome="upstream_error"} 1.0' in metrics
+
+
 def test_escalates_when_the_chosen_rung_fails(server, clean_fake):
     clean_fake.faults = lambda key, attempt, body: "500" if body["model"] == "m-rung-small" else None
     client = server.client()

@@ -22,6 +22,7 @@ from complexitynet.route import prompt_text
 from complexitynet.sandbox.backends import SandboxError
 from complexitynet.serve import sse
 from complexitynet.serve.batcher import Overloaded
+from complexitynet.serve.http1 import HTTPError
 from complexitynet.serve.router import AllFailed, Attempt, Plan, Router, UnknownModel
 from complexitynet.serve.upstream import KeyMissing, UpstreamRejected
 from complexitynet.serve.verify import parse_tests
@@ -185,6 +186,16 @@ async def _relay(request: web.Request, router: Router, body: dict[str, Any], pla
     try:
         await out.prepare(request)
         usage = await sse.relay(resp.chunks(up.timeout_s), out.write, keep_usage)
+    except (HTTPError, TimeoutError) as exc:  # the upstream broke off (errors writing to the caller are OSErrors)
+        # The caller has the first bytes, so no other rung can take over and no error object fits the
+        # stream: the caller's connection ends short of the stream's last chunk, which its client
+        # reports as a broken stream (the openai client: APIConnectionError).
+        router.metrics.requests.labels(up.name, "upstream_error").inc()
+        log.warning("serve: the stream from %s broke off (%s); ending the caller's connection", up.name,
+                    str(exc) or f"no data for {up.timeout_s:g} s")
+        if request.transport is not None:
+            request.transport.close()
+        return out
     finally:
         resp.release()
     router.metrics.usage(up.name, usage, up.spec.price.input, up.spec.price.output)

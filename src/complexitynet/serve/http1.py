@@ -51,6 +51,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.idle_since = 0.0
+        self.received = 0  # bytes of the current response so far
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,6 +59,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self.received += len(data)
         if len(self.buf) > HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
@@ -84,7 +86,7 @@ class Connection(asyncio.Protocol):
 
     async def _more(self) -> None:
         if self.eof:
-            raise _Closed("the upstream closed the connection") if not self.buf else \
+            raise _Closed("the upstream closed the connection without answering") if not self.received else \
                 HTTPError("the upstream closed the connection in the middle of its response")
         self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -297,6 +299,7 @@ class Client:
 
     async def _exchange(self, origin: tuple[str, str, int], conn: Connection, message: bytes) -> Response:
         try:
+            conn.received = 0
             conn.transport.write(message)
             while True:
                 head = await conn.until(b"\r\n\r\n", MAX_HEAD, "response head")
