@@ -9,7 +9,10 @@ import datetime
 import gzip
 import ipaddress
 import re
+import socket
 import ssl
+import struct
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -146,13 +149,22 @@ def test_a_body_until_close_interim_responses_and_connection_close():
     asyncio.run(scenario())
 
 
-def test_compressed_answers_are_decoded_and_unknown_codings_refused():
+def test_compressed_answers_are_decoded_and_bad_ones_refused():
+    answer = b'{"big": "answer"}'
+    raw_deflate = zlib.compressobj(wbits=-15)
+    raw_deflate = raw_deflate.compress(answer) + raw_deflate.flush()
+
     async def scenario() -> None:
-        async with RawServer(fixed(gzip.compress(b'{"big": "answer"}'), "Content-Encoding: gzip")) as server:
-            assert (await post(Client(), server))[2] == b'{"big": "answer"}'
-        async with RawServer(fixed(b"\x00\x01", "Content-Encoding: br")) as server:
-            with pytest.raises(HTTPError, match="Content-Encoding 'br'"):
-                await post(Client(), server)
+        for body, coding in [(gzip.compress(answer), "gzip"), (zlib.compress(answer), "deflate"),
+                             (raw_deflate, "deflate")]:  # deflate as RFC 9110 says, and as some servers send it
+            async with RawServer(fixed(body, f"Content-Encoding: {coding}")) as server:
+                assert (await post(Client(), server))[2] == answer
+        for body, coding, error in [(b"\x00\x01", "br", "Content-Encoding 'br'"),
+                                    (b"not gzip at all", "gzip", "gzip body does not decode"),
+                                    (gzip.compress(answer)[:-6], "gzip", "gzip body is cut short")]:
+            async with RawServer(fixed(body, f"Content-Encoding: {coding}")) as server:
+                with pytest.raises(HTTPError, match=error):
+                    await post(Client(), server)
 
     asyncio.run(scenario())
 
@@ -204,6 +216,12 @@ def test_idle_connections_expire(monkeypatch):
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY", "chunk does not end with CRLF"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc", "in the middle of a chunk"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", "Transfer-Encoding 'gzip' is not supported"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "Transfer-Encoding 'gzip, chunked' is not"),
+    (b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", "Transfer-Encoding in an HTTP/1.0"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0x5\r\n\r\nhello", "Content-Length '0x5' is not a number"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "Content-Length '5, 6' is not"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc", "chunk size line b'-1\\r\\n' is malformed"),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n", "switched protocols (101)"),
     (b"HTTP/1.1 200 OK\r\nX-Huge: " + b"a" * (70 * 1024), "response head exceeds 65536 bytes"),
     (b"HTTP/1.1 200", "closed the connection in the middle of its response"),
     (b"", "the upstream closed the connection without answering"),
@@ -221,6 +239,31 @@ def test_broken_answers_are_errors_that_say_what_broke(answer, error):
                 await post(client, server)
             assert not any(client._idle.values())  # nothing broken is pooled
             await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_body_until_close_cut_by_a_reset_is_an_error():
+    async def scenario() -> None:
+        async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+            writer.write(reply(b'{"choices": [{"message": {"content": "partial'))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            # linger 0: the close sends RST, not FIN; the body did not end
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+        async with RawServer(reset) as server:
+            with pytest.raises(HTTPError, match="the connection to the upstream broke"):
+                await post(Client(), server)
+
+    asyncio.run(scenario())
+
+
+def test_repeated_equal_content_lengths_are_one():
+    async def scenario() -> None:
+        async with RawServer(fixed(b"hello", "Content-Length: 5")) as server:  # sent twice
+            assert (await post(Client(), server))[2] == b"hello"
 
     asyncio.run(scenario())
 
@@ -324,3 +367,32 @@ def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
     asyncio.run(scenario(trusted=False))  # the system's roots do not include it
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what create_default_context() trusts, as for any client
     asyncio.run(scenario(trusted=True))
+
+
+def test_sse_relay_splits_events_across_any_chunking():
+    """sse.relay (what a streamed answer goes through after this client): events come out whole and
+    in order however the upstream's bytes were cut, CRLF line ends included (sse-starlette's default),
+    and the usage-only event reaches the caller only when asked for."""
+    from complexitynet.serve import sse
+
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    stream = b"data: a\r\n\r\ndata: b\r\n\r\n" + usage + b"\r\n\r\ndata: [DONE]\r\n\r\n"
+
+    async def relay(pieces: list[bytes], keep_usage: bool) -> tuple[list[bytes], dict | None]:
+        async def chunks():
+            for piece in pieces:
+                yield piece
+
+        out: list[bytes] = []
+
+        async def write(data: bytes) -> None:
+            out.append(data)
+
+        return out, await sse.relay(chunks(), write, keep_usage)
+
+    want = [b"data: a\n\n", b"data: b\n\n", usage + b"\n\n", sse.DONE]
+    for cut in range(1, len(stream)):  # every two-piece split, CRLFs straddling included
+        out, found = asyncio.run(relay([stream[:cut], stream[cut:]], keep_usage=True))
+        assert out == want and found == {"prompt_tokens": 3, "completion_tokens": 2}, cut
+    out, _ = asyncio.run(relay([stream[i:i + 1] for i in range(len(stream))], keep_usage=False))
+    assert out == [want[0], want[1], want[3]]

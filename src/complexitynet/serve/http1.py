@@ -6,7 +6,7 @@ router needs little of HTTP from its upstreams: POST a JSON body to a known URL 
 status, a few headers and the body, whole or (for streams) as it arrives. That much is here, with
 what a real server can answer: a Content-Length body, a chunked one (extensions and trailers
 skipped), a body that lasts until the connection closes, interim 1xx heads, gzip or deflate despite
-`Accept-Encoding: identity`, and `Connection: close`. Anything else is an HTTPError naming what
+`Accept-Encoding: identity`, and `Connection: close` (an HTTP/1.0 connection is never reused). Anything else is an HTTPError naming what
 broke. Not here (and not used by the router's upstreams): proxies, redirects, cookies, HTTP/2.
 
 Connections are pooled per origin and reused only when the last response was read to its end; one
@@ -20,6 +20,7 @@ except a stream's per-read one (`Response.chunks(read_timeout_s)`).
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 import zlib
@@ -31,6 +32,7 @@ MAX_BODY = 64 * 2**20  # bytes of a whole (non-streamed) body
 HIGH_WATER, LOW_WATER = 256 * 1024, 64 * 1024  # unread bytes at which reading from the socket pauses/resumes
 IDLE_S = 15.0  # a pooled connection idle longer is closed, not reused
 MAX_IDLE = 256  # pooled connections kept per origin
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class HTTPError(Exception):
@@ -52,6 +54,7 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.idle_since = 0.0
         self.received = 0  # bytes of the current response so far
+        self.error: Exception | None = None  # why the connection was lost, if not by an orderly close
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,7 +74,7 @@ class Connection(asyncio.Protocol):
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
+        self.eof, self.error = True, exc
         self._wake()
 
     def _wake(self) -> None:
@@ -124,6 +127,8 @@ class Connection(asyncio.Protocol):
         """At least one byte (at most `most`); b"" once the connection has ended and nothing is left."""
         while not self.buf:
             if self.eof:
+                if self.error is not None:  # a reset is not the end of a body
+                    raise HTTPError(f"the connection to the upstream broke ({self.error})")
                 return b""
             await self._more()
         return self.take(most)
@@ -143,31 +148,28 @@ class Response:
         self.status, self.headers = status, headers
         self._client, self._origin, self._conn, self._keep_alive = client, origin, conn, keep_alive
         self._done = False
-        te = headers.get("transfer-encoding", "").lower()
-        self._chunked = "chunked" in te
-        if te and not te.endswith("chunked"):
-            raise HTTPError(f"the upstream's Transfer-Encoding '{te}' is not supported")
+        te = headers.get("transfer-encoding", "")
+        self._chunked = bool(te)
+        if te and te.replace(" ", "").lower() != "chunked":
+            raise HTTPError(f"the upstream's Transfer-Encoding '{te}' is not supported (only chunked)")
         if status < 200 or status in (204, 304):
             self._left: int | None = 0
         elif self._chunked:
             self._left = None
         elif "content-length" in headers:
-            try:
-                self._left = int(headers["content-length"])
-            except ValueError:
-                raise HTTPError(f"the upstream's Content-Length '{headers['content-length']}' is not a number") from None
-            if self._left < 0:
-                raise HTTPError(f"the upstream's Content-Length {self._left} is negative")
+            values = {v.strip() for v in headers["content-length"].split(",")}  # "5, 5" from repeated headers
+            value = values.pop()
+            if values or not (value.isascii() and value.isdigit()):
+                raise HTTPError(f"the upstream's Content-Length '{headers['content-length']}' is not a number")
+            self._left = int(value)
         else:
             self._left = None  # the body lasts until the connection closes
             self._keep_alive = False
-        encoding = headers.get("content-encoding", "identity").lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
-            self._decoder = zlib.decompressobj(wbits=47)  # gzip or zlib-wrapped deflate, detected from the header
-        elif encoding == "identity":
-            self._decoder = None
-        else:
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
             raise HTTPError(f"the upstream answered with Content-Encoding '{encoding}', which the router cannot decode")
+        self._encoding = None if encoding == "identity" else encoding
+        self._decoder = None
 
     async def read(self, limit: int = MAX_BODY) -> bytes:
         """The whole body (decoded); the connection is released either way."""
@@ -203,10 +205,23 @@ class Response:
             self.release()
 
     def _decode(self, raw: bytes) -> bytes:
-        return self._decoder.decompress(raw) if self._decoder is not None else raw
+        if self._encoding is None:
+            return raw
+        try:
+            if self._decoder is None:  # "deflate" is zlib-wrapped (RFC 9110), but some servers send it raw
+                zlib_wrapped = len(raw) < 2 or (raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0)
+                self._decoder = zlib.decompressobj(31 if self._encoding != "deflate" else 15 if zlib_wrapped else -15)
+            return self._decoder.decompress(raw)
+        except zlib.error as exc:
+            raise HTTPError(f"the upstream's {self._encoding} body does not decode ({exc})") from None
 
     def _flush(self) -> bytes:
-        return self._decoder.flush() if self._decoder is not None else b""
+        if self._decoder is None:
+            return b""
+        tail = self._decoder.flush()
+        if not self._decoder.eof:
+            raise HTTPError(f"the upstream's {self._encoding} body is cut short")
+        return tail
 
     async def _next(self) -> bytes | None:
         """The next piece of the raw body, None at its end."""
@@ -230,10 +245,10 @@ class Response:
             return data
         if not self._left:  # the start of a chunk: its size line
             line = await conn.until(b"\r\n", 4096, "chunk size line")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise HTTPError(f"the upstream's chunk size line {line[:40]!r} is malformed") from None
+            digits = line.split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(digits):
+                raise HTTPError(f"the upstream's chunk size line {line[:40]!r} is malformed")
+            size = int(digits, 16)
             if size == 0:  # the last chunk: trailers (ignored) up to an empty line
                 while await conn.until(b"\r\n", MAX_HEAD, "trailers") != b"\r\n":
                     pass
@@ -304,8 +319,10 @@ class Client:
             while True:
                 head = await conn.until(b"\r\n\r\n", MAX_HEAD, "response head")
                 status, headers, keep_alive = _parse_head(head)
-                if status >= 200 or status == 101:
+                if status >= 200:
                     return Response(self, origin, conn, status, headers, keep_alive)
+                if status == 101:
+                    raise HTTPError("the upstream switched protocols (101), which the router never asks for")
                 # an interim 1xx (100 Continue, 103 Early Hints): the real response follows
         except BaseException:
             conn.close()
@@ -361,6 +378,8 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
             raise HTTPError(f"the upstream sent a malformed header line {line[:60]!r}")
         key, text = name.decode("latin-1").lower(), value.strip().decode("latin-1")
         headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
+    if version == b"HTTP/1.0" and "transfer-encoding" in headers:  # RFC 9112 6.1: faulty framing
+        raise HTTPError("the upstream sent Transfer-Encoding in an HTTP/1.0 response")
+    connection = {token.strip() for token in headers.get("connection", "").lower().split(",")}
+    keep_alive = version == b"HTTP/1.1" and "close" not in connection  # HTTP/1.0 connections are not reused
     return int(code), headers, keep_alive

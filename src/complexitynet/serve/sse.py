@@ -36,9 +36,9 @@ async def relay(chunks: AsyncIterator[bytes], write: Write, keep_usage: bool) ->
     usage it reported."""
     usage, buf = None, b""
     async for chunk in chunks:
-        buf += chunk.replace(b"\r\n", b"\n")
-        while b"\n\n" in buf:
-            event, buf = buf.split(b"\n\n", 1)
+        # CRLF line ends become LF on the unsplit remainder too: a CRLF can straddle two chunks
+        *events, buf = (buf + chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+        for event in events:
             found, usage_only = _usage_of(event)
             usage = found or usage
             if not (usage_only and not keep_usage):
