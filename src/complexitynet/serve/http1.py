@@ -6,8 +6,9 @@ router needs little of HTTP from its upstreams: POST a JSON body to a known URL 
 status, a few headers and the body, whole or (for streams) as it arrives. That much is here, with
 what a real server can answer: a Content-Length body, a chunked one (extensions and trailers
 skipped), a body that lasts until the connection closes, interim 1xx heads, gzip or deflate despite
-`Accept-Encoding: identity`, and `Connection: close` (an HTTP/1.0 connection is never reused). Anything else is an HTTPError naming what
-broke. Not here (and not used by the router's upstreams): proxies, redirects, cookies, HTTP/2.
+`Accept-Encoding: identity`, and `Connection: close` (an HTTP/1.0 connection is never reused).
+Anything else is an HTTPError naming what broke. Not here (and not used by the router's
+upstreams): proxies, redirects, cookies, HTTP/2.
 
 Connections are pooled per origin and reused only when the last response was read to its end; one
 given up half-way (a timeout, a cancelled request, a stream the caller left) is closed. A pooled

@@ -15,7 +15,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from complexitynet.config import Execute, ModelSpec, Serve
 from complexitynet.route import Decision, decide, parse_model
 from complexitynet.serve.batcher import SUB_BATCH, MicroBatcher, Predict, PredictOne
