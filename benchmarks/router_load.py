@@ -157,22 +157,25 @@ def router_params(tmp: Path, upstream: str, classifier: str) -> Path:
 
 
 async def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout_s: float = 120) -> None:
-    """Until `workers` different router processes have answered GET url (a new connection each time)."""
+    """Until `workers` different router processes at `url` (the router's base URL) have answered
+    GET /health, a new connection each time."""
     deadline = time.monotonic() + timeout_s
     seen: set[int] = set()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-        while len(seen) < workers:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up ({len(seen)} of {workers} workers answered)")
-            try:
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        seen.add((await resp.json()).get("pid", 0))
-                        await asyncio.sleep(0.02)
-                        continue
-            except aiohttp.ClientError:
-                pass
+    while len(seen) < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up ({len(seen)} of {workers} workers answered)")
+        try:
+            conn = await Connection(url).open()
+        except OSError:  # not listening yet
             await asyncio.sleep(0.3)
+            continue
+        try:
+            seen.add(await conn.worker_pid())
+        except (OSError, asyncio.IncompleteReadError, ValueError, KeyError):
+            await asyncio.sleep(0.3)
+        finally:
+            conn.close()
+        await asyncio.sleep(0.02)
 
 
 async def drive(url: str, model: str, texts: list[str], concurrency: int, client: str, split: list[int] | None = None
@@ -241,7 +244,7 @@ async def run(args: argparse.Namespace) -> int:
                             "--workers", str(args.workers)],
                            REPO)
             base = f"http://127.0.0.1:{port}"
-            await wait_ready(f"{base}/health", router, args.workers)
+            await wait_ready(base, router, args.workers)
             # warm-up at the largest concurrency: every connection (client -> router -> upstream) is open
             # before timing, as with long-lived clients; a cold 32-connection burst otherwise lands in the p99
             top = max(args.concurrency)

@@ -169,7 +169,7 @@ class SparseLinear:
     serving: the vectorizer's own analyzer, vocabulary and idf weights, the model's own coefficients
     and softmax, so the probabilities are scikit-learn's to rounding. A prompt has a few dozen terms,
     so a loop over them beats both scikit-learn's per-call input validation and sparse machinery
-    (~1.3 ms a call) and numpy's per-operation overhead: ~40 us a prompt here, which is what lets
+    (~1.3 ms a call) and numpy's per-operation overhead: ~35 us a prompt here, which is what lets
     the router classify inline. `compile` returns None for any other model or option it does not
     reproduce."""
 

@@ -2,8 +2,9 @@
 
 The router's own HTTP/1.1 client (serve/http1.py) is used, not the `openai` client: the router
 forwards the caller's request body as it is and passes the upstream bytes back, streaming
-included, where the `openai` client would parse and re-serialise every answer. The API key is read once from the variable the ladder names,
-sent only in the Authorization header, and removed from any upstream error body passed back.
+included, where the `openai` client would parse and re-serialise every answer. The API key is read
+once from the variable the ladder names, sent only in the Authorization header, and removed from
+any upstream error body passed back.
 """
 
 from __future__ import annotations
