@@ -30,6 +30,7 @@ import protocol as P  # noqa: E402
 
 SCRATCH = os.environ.get("SANDBOX_SCRATCH", "/tmp")
 PR_SET_DUMPABLE = 4
+MAX_CASE_TIMEOUTS = 3  # input/output cases out of CPU time before the rest of a suite is skipped
 
 
 # ----------------------------------------------------------------------------------- child side
@@ -92,6 +93,9 @@ class Child:
                 result = list(self.from_ref("h", request["handle"]))
             elif op == "len":
                 result = len(self.from_ref("h", request["handle"]))
+            elif op == "cases":
+                return {"ok": True, "value": self.cases(self.globals[request["name"]], request.get("inputs", []),
+                                                        float(request.get("case_s", 10.0)))}
             elif op in ("str", "repr"):
                 result = (str if op == "str" else repr)(self.from_ref("h", request["handle"]))
                 result = str.__str__(result)
@@ -101,11 +105,53 @@ class Child:
         except BaseException as exc:  # noqa: BLE001 - reported to the harness as the solution's error
             return {"ok": False, "error": _describe(exc)}
 
+    def cases(self, target, inputs: list, case_s: float) -> list:
+        """Call `target` on every input, each under its own CPU-time limit, in this one process.
+
+        Returns a tagged list (protocol.encode of a list) of ("v", value) / ("e", error) / ("t",)
+        tuples, encoded case by case so that one unencodable output fails only its own case.
+        Outputs that together exceed the message limit fail the cases past it; after MAX_CASE_TIMEOUTS
+        cases out of time the rest are not run (a slow solution costs seconds, not minutes).
+        """
+        items, size, timeouts = [], 0, 0
+        for args in inputs:
+            if timeouts >= MAX_CASE_TIMEOUTS:
+                items.append(P.encode(("e", f"not run: {timeouts} inputs ran out of CPU time")))
+                continue
+            try:
+                call_args = P.decode(args, self.from_ref)
+                if type(call_args) is not list:
+                    raise P.ProtocolError("a case's input must be a list of arguments")
+                signal.setitimer(signal.ITIMER_PROF, case_s)
+                try:
+                    item = P.encode(("v", target(*call_args)), self.to_ref)
+                finally:
+                    signal.setitimer(signal.ITIMER_PROF, 0)
+            except CaseTimeout:
+                item = P.encode(("t",))
+                timeouts += 1
+            except BaseException as exc:  # noqa: BLE001 - the solution's failure on this input, as data
+                item = P.encode(("e", _describe(exc)))
+            size += len(repr(item))
+            if size > P.MAX_MESSAGE // 2:
+                item = P.encode(("e", "outputs too large for the protocol"))
+            items.append(item)
+        return ["l", items]
+
     def run(self) -> None:
+        signal.signal(signal.SIGPROF, _case_timeout)
         start = P.read_message(self.stream)
         P.write_message(self.stream, self.load(start.get("code", ""), start.get("setup", "")))
         while True:
             P.write_message(self.stream, self.serve(P.read_message(self.stream)))
+
+
+class CaseTimeout(BaseException):  # noqa: N818 - raised into the solution, like KeyboardInterrupt
+    """One case used up its CPU time (SIGPROF)."""
+
+
+def _case_timeout(signum, frame):
+    raise CaseTimeout()
 
 
 def _describe(exc: BaseException) -> str:
@@ -247,7 +293,8 @@ class Supervisor:
 
     def run(self) -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        self.reply({"ok": True, "ready": True, "python": sys.version.split()[0], "pid": os.getpid()})
+        self.reply({"ok": True, "ready": True, "python": sys.version.split()[0], "pid": os.getpid(),
+                    "hash_seed": None if sys.flags.ignore_environment else os.environ.get("PYTHONHASHSEED")})
         while True:
             try:
                 request = P.read_message(self.inp)

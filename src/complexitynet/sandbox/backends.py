@@ -30,6 +30,8 @@ from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.image import ensure_image, sandbox_files
 
 GRACE_S = 5.0  # how much longer than a request's own timeout the harness waits for the supervisor
+# A fixed hash seed inside every sandbox: set iteration order (and so some answers) must not depend on luck.
+HASH_SEED = 0
 
 
 class SandboxError(ComplexityNetError):
@@ -65,6 +67,9 @@ class Session(ABC):
             self.hello = self._read_message(time.monotonic() + timeout_s)
             if not self.hello.get("ready"):
                 raise SandboxError(f"sandbox did not start: {self.hello}")
+            if self.hello.get("hash_seed") != str(HASH_SEED):
+                raise SandboxError(f"the sandbox runs with PYTHONHASHSEED={self.hello.get('hash_seed')!r}, "
+                                   f"not {HASH_SEED}; rebuild it (make sandbox)")
         except SandboxError:
             self.close()
             raise
@@ -130,8 +135,9 @@ class BwrapSession(Session):
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
             "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
-            "--ro-bind", self._dir, "/sandbox", "--setenv", "PATH", "/usr/bin", "--chdir", "/tmp",
-            python, "-I", "/sandbox/runner.py",
+            "--ro-bind", self._dir, "/sandbox", "--setenv", "PATH", "/usr/bin",
+            "--setenv", "PYTHONHASHSEED", str(HASH_SEED), "--chdir", "/tmp",
+            python, "-s", "-P", "/sandbox/runner.py",  # not -I, which ignores PYTHONHASHSEED
         ]
         if os.geteuid() == 0:  # root is exempt from RLIMIT_NPROC: run as a dedicated unprivileged uid
             cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"] + cmd
@@ -200,7 +206,7 @@ class DockerSession(Session):
                 user=f"{uid}:{uid}", cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 mem_limit=f"{limits.memory_mb + 256}m", memswap_limit=f"{limits.memory_mb + 256}m",
                 pids_limit=limits.nproc + 16, nano_cpus=1_000_000_000, init=True,
-                environment={}, labels={self.LABEL: str(os.getpid())}, ipc_mode="none",
+                environment={"PYTHONHASHSEED": str(HASH_SEED)}, labels={self.LABEL: str(os.getpid())}, ipc_mode="none",
             )
             self._sock = client.api.attach_socket(self.container.id, params={
                 "stdin": 1, "stdout": 1, "stderr": 0, "stream": 1})
@@ -267,6 +273,11 @@ class Backend(ABC):
 
     name: str
 
+    @property
+    @abstractmethod
+    def sandbox(self) -> str:
+        """What runs the code, for the verdict's record: the backend and its image or interpreter."""
+
     @abstractmethod
     def open(self, slot: int) -> Session: ...
 
@@ -280,6 +291,10 @@ class BwrapBackend(Backend):
     def __init__(self, limits: Limits, uid_base: int = 22000) -> None:
         self.limits = limits
         self.uid_base = uid_base + (os.getpid() % 256) * 64  # concurrent runs do not share uids
+
+    @property
+    def sandbox(self) -> str:
+        return "bwrap /usr/bin/python3"
 
     def open(self, slot: int) -> Session:
         return BwrapSession(self.uid_base + slot, self.limits)
@@ -300,6 +315,10 @@ class DockerBackend(Backend):
         self.limits = limits
         self.image = ensure_image(self.client, image_build)
         self.uid_base = uid_base + (os.getpid() % 256) * 64
+
+    @property
+    def sandbox(self) -> str:
+        return f"docker {self.image}"
 
     def open(self, slot: int) -> Session:
         return DockerSession(self.client, self.image, self.uid_base + slot, self.limits)

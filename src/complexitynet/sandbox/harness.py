@@ -12,7 +12,9 @@ early, print markers, patch builtins, forge `__eq__`, walk frames) can make a te
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import importlib
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ from typing import Any
 
 from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.backends import Limits, Session
-from complexitynet.schemas import Tests
+from complexitynet.schemas import Cases, Tests
 
 Status = str  # "pass" | "fail" | "timeout" | "error" | "crash"
 
@@ -30,6 +32,7 @@ class Timeouts:
     load_s: float = 10.0  # executing the solution module (and MBPP's setup code)
     test_s: float = 10.0  # one assert, or HumanEval's whole check(), wall clock
     sample_s: float = 60.0  # everything for one sample
+    case_s: float = 2.0  # CPU seconds for one input/output case (MBPP+): load on the machine does not count
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Outcome:
     tests_total: int
     detail: str
     anomaly: bool = False
+    failed: tuple[int, ...] = ()  # indices of the tests that did not pass (including those never reached)
+    outputs: tuple[tuple[str, Any], ...] = ()  # `reference_outputs` only: ("v", value) or ("e", why) per input
 
 
 class SolutionStopped(Exception):  # noqa: N818 - control flow, not an error of ours
@@ -193,7 +198,8 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
               limits: Limits, timeouts: Timeouts) -> Outcome:
     """Load `code` in the sandbox and run `tests` here; never raises for the solution's behaviour."""
     conn = Connection(session, timeouts)
-    total = len(tests.asserts) if tests.check is None else 1
+    total = tests.total
+    everything = tuple(range(total))
     conn.test_deadline = time.monotonic() + timeouts.load_s
     reply = session.request({"op": "start", "code": code, "setup": tests.setup, "limits": limits.runner()},
                             conn.budget())
@@ -201,30 +207,156 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
         status = str(reply.get("status"))
         outcome_status = {"error": "error", "timeout": "timeout", "crash": "crash"}.get(status, "error")
         return _finish(session, Outcome(outcome_status, 0, total, _short(stable_detail(reply, timeouts)),
-                                        anomaly=status != "error"))
-    ns = namespace(conn, reply.get("names") or {})
-    passed, failures = 0, []
+                                        anomaly=status != "error", failed=everything))
+    names = reply.get("names") or {}
+    failures: dict[int, str] = {}
+    passed: list[int] = []  # asserts that passed before a stop
     try:
-        if tests.check is None:
-            for source in tests.asserts:
+        if tests.cases is not None:
+            failures = _run_cases(conn, timeouts, tests.cases, entry_point, names)
+        elif tests.check is None:
+            ns = namespace(conn, names)
+            for i, source in enumerate(tests.asserts):
                 ok, why = _run_one(conn, timeouts, lambda src=source: exec(compile(src, "<test>", "exec"), ns))
-                passed += ok
-                if not ok:
-                    failures.append(why)
+                if ok:
+                    passed.append(i)
+                else:
+                    failures[i] = why
         else:
+            ns = namespace(conn, names)
             exec(compile(tests.check, "<check>", "exec"), ns)
             candidate = ns.get(entry_point)
             if candidate is None:
-                failures.append(f"NameError: the solution defines no '{entry_point}'")
+                failures[0] = f"NameError: the solution defines no '{entry_point}'"
             else:
                 ok, why = _run_one(conn, timeouts, lambda: ns["check"](candidate))
-                passed += ok
                 if not ok:
-                    failures.append(why)
+                    failures[0] = why
     except SolutionStopped as stop:
-        return _finish(session, Outcome(stop.status, passed, total, _short(stop.detail), anomaly=True))
-    status = "pass" if passed == total and not failures else "fail"
-    return _finish(session, Outcome(status, passed, total, _short(failures[0]) if failures else ""))
+        return _finish(session, Outcome(stop.status, len(passed), total, _short(stop.detail), anomaly=True,
+                                        failed=tuple(i for i in everything if i not in passed)))
+    failed = tuple(sorted(failures))
+    status = "pass" if not failed else "fail"
+    detail = _short(f"test {failed[0]}: {failures[failed[0]]}" if total > 1 else failures[failed[0]]) if failed else ""
+    return _finish(session, Outcome(status, total - len(failed), total, detail, failed=failed))
+
+
+def reference_outputs(session: Session, code: str, entry_point: str, inputs: list[Any],
+                      limits: Limits, timeouts: Timeouts, setup: str = "") -> Outcome:
+    """Run a trusted reference on test inputs in the sandbox (prepare's expected outputs): status
+    `pass` with one output per input, or the reason the reference could not run."""
+    conn = Connection(session, timeouts)
+    conn.test_deadline = time.monotonic() + timeouts.load_s
+    reply = session.request({"op": "start", "code": code, "setup": setup, "limits": limits.runner()},
+                            conn.budget())
+    if not reply.get("ok"):
+        status = str(reply.get("status"))
+        return _finish(session, Outcome("error" if status == "error" else "crash", 0, len(inputs),
+                                        _short(stable_detail(reply, timeouts)), anomaly=status != "error"))
+    info = (reply.get("names") or {}).get(entry_point)
+    if not (isinstance(info, dict) and info.get("kind") == "callable"):
+        return _finish(session, Outcome("error", 0, len(inputs), f"the reference defines no '{entry_point}'"))
+    try:
+        outputs = tuple(call_cases(conn, timeouts, entry_point, inputs))
+    except SolutionStopped as stop:
+        return _finish(session, Outcome(stop.status, 0, len(inputs), _short(stop.detail), anomaly=True))
+    ok = sum(kind == "v" for kind, _ in outputs)
+    return _finish(session, Outcome("pass", ok, len(inputs), "", outputs=outputs))
+
+
+def _run_cases(conn: Connection, timeouts: Timeouts, cases: Cases, entry_point: str,
+               names: dict[str, Any]) -> dict[int, str]:
+    """Call the entry point on every input in one request; compare here. Returns failures by index."""
+    info = names.get(entry_point)
+    if not (isinstance(info, dict) and info.get("kind") == "callable"):
+        return {i: f"NameError: the solution defines no function '{entry_point}'" for i in range(len(cases.inputs))}
+    results = call_cases(conn, timeouts, entry_point, cases.inputs)
+    failures: dict[int, str] = {}
+    for i, (result, expected) in enumerate(zip(results, cases.expected)):
+        kind, value = result
+        if kind != "v":
+            failures[i] = value
+            continue
+        if cases.compare != "not_none" and opaque(value):
+            failures[i] = "returned an object that is not plain data"
+            continue
+        try:
+            same = outputs_match(value, P.decode(expected), cases.atol, cases.compare)
+        except Exception as exc:  # noqa: BLE001 - a comparison that cannot be made is a failed test
+            same, value = False, f"{type(exc).__name__}: {exc}"
+        if not same:
+            failures[i] = f"wrong output {_preview(value)}"
+    return failures
+
+
+def call_cases(conn: Connection, timeouts: Timeouts, entry_point: str, inputs: list[Any]) -> list[tuple[str, Any]]:
+    """(kind, value) per input, from one `cases` request: ("v", output), or ("e", why) for an error or
+    a CPU-time overrun. Raises SolutionStopped like `ask`."""
+    conn.test_deadline = float("inf")  # one deadline for the whole batch: the sample's
+    try:
+        raw = conn.ask({"op": "cases", "name": entry_point, "inputs": inputs, "case_s": timeouts.case_s})
+    except RemoteError as exc:
+        return [("e", str(exc))] * len(inputs)
+    if not isinstance(raw, list) or len(raw) != len(inputs):
+        return [("e", "the sandbox answered the wrong number of results")] * len(inputs)
+    out: list[tuple[str, Any]] = []
+    for item in raw:
+        if isinstance(item, tuple) and len(item) == 2 and item[0] == "v":
+            out.append(("v", item[1]))  # may hold sandbox objects (see `opaque`)
+        elif isinstance(item, tuple) and len(item) == 2 and item[0] == "e" and isinstance(item[1], str):
+            out.append(("e", item[1]))
+        elif item == ("t",):
+            out.append(("e", f"CPU time limit ({timeouts.case_s:g}s) exceeded"))
+        else:
+            out.append(("e", "malformed result from the sandbox"))
+    return out
+
+
+def opaque(value: Any, depth: int = 0) -> bool:
+    """True when `value` holds a sandbox object (which compares equal to nothing)."""
+    if isinstance(value, Remote):
+        return True
+    if depth > P.MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return any(opaque(k, depth + 1) or opaque(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(opaque(v, depth + 1) for v in value)
+    return False
+
+
+def _is_floats(x: Any) -> bool:
+    if isinstance(x, float):
+        return True
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(i, float) for i in x)
+
+
+def outputs_match(out: Any, expected: Any, atol: float = 0.0, compare: str = "exact") -> bool:
+    """EvalPlus's comparison: exact equality, or set equality / "returned something" for the few MBPP+
+    problems whose answers are unordered or free-form; float outputs within atol (1e-6 when 0) plus a
+    relative 1e-7, like numpy's allclose. Both sides are plain built-in data."""
+    if compare == "set":
+        return set(out) == set(expected)
+    if compare == "not_none":
+        return out == expected if isinstance(out, bool) else expected == (out is not None)
+    if out == expected:
+        return True
+    if atol == 0 and _is_floats(expected):
+        atol = 1e-6
+    if atol == 0 or type(out) is not type(expected):
+        return False
+    pairs = list(zip(out, expected)) if isinstance(expected, (list, tuple)) else [(out, expected)]
+    if isinstance(expected, (list, tuple)) and len(out) != len(expected):
+        return False
+    return all(_close(a, b, atol) for a, b in pairs)
+
+
+def _close(a: Any, b: Any, atol: float) -> bool:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return a == b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= atol + 1e-7 * abs(b)
 
 
 def _run_one(conn: Connection, timeouts: Timeouts, test) -> tuple[bool, str]:
@@ -246,9 +378,17 @@ def _finish(session: Session, outcome: Outcome) -> Outcome:
     """Kill everything the sample left in the sandbox; stray processes are an anomaly too."""
     reply = session.request({"op": "stop"}, 10.0)
     if reply.get("stray"):
-        return Outcome(outcome.status, outcome.tests_passed, outcome.tests_total,
-                       outcome.detail or f"left {reply['stray']} process(es) behind", anomaly=True)
+        return dataclasses.replace(outcome, detail=outcome.detail or f"left {reply['stray']} process(es) behind",
+                                   anomaly=True)
     return outcome
+
+
+def _preview(value: Any) -> str:
+    """A short repr of a returned value (a huge int has none: Python caps int-to-str conversion)."""
+    try:
+        return _short(repr(value), 120)
+    except ValueError:
+        return f"<{type(value).__name__} too large to print>"
 
 
 def _short(text: Any, limit: int = 300) -> str:

@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Any
 
 from complexitynet.sandbox.backends import Backend, Limits, SandboxError, Session
-from complexitynet.sandbox.harness import Outcome, Timeouts, run_tests
+from complexitynet.sandbox.harness import Outcome, Timeouts, reference_outputs, run_tests
 from complexitynet.schemas import Tests
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Job:
+    """Run `code` against `tests`; or, with `inputs`, only call its entry point on them (the outcome's
+    `outputs`: how prepare computes a reference's expected outputs)."""
+
     key: object  # returned with the outcome, e.g. (task_id, trial)
     code: str
     tests: Tests
     entry_point: str
+    inputs: list[Any] | None = None
 
 
 class SandboxPool:
@@ -39,6 +44,7 @@ class SandboxPool:
         for slot in range(workers):
             self._idle.put((slot, None))  # sessions open lazily, in the worker that needs them
         self.recycled = 0
+        self.python = ""  # the sandbox interpreter's version, from the first session's greeting
 
     def _open(self, slot: int) -> Session:
         last: Exception | None = None
@@ -58,16 +64,23 @@ class SandboxPool:
             while True:
                 if session is None:
                     session = self._open(slot)
+                    self.python = str(session.hello.get("python", ""))
                 start = time.monotonic()
                 try:
-                    outcome = run_tests(session, job.code, job.tests, job.entry_point, self.limits, self.timeouts)
+                    if job.inputs is None:
+                        outcome = run_tests(session, job.code, job.tests, job.entry_point, self.limits,
+                                            self.timeouts)
+                    else:
+                        outcome = reference_outputs(session, job.code, job.entry_point, job.inputs, self.limits,
+                                                    self.timeouts, job.tests.setup)
                 except SandboxError as exc:
                     session.close()
                     session = None
                     self.recycled += 1
                     sandbox_failures += 1
                     if sandbox_failures >= 2:  # fresh sandboxes die on this sample: the sample did it
-                        return job.key, Outcome("crash", 0, _total(job.tests), f"the sandbox died: {exc}"), 0.0
+                        return job.key, Outcome("crash", 0, job.tests.total, f"the sandbox died: {exc}",
+                                               failed=tuple(range(job.tests.total))), 0.0
                     log.debug("sandbox failed on %s, retrying in a fresh one: %s", job.key, exc)
                     continue
                 duration = time.monotonic() - start
@@ -100,6 +113,3 @@ class SandboxPool:
         if close_backend:
             self.backend.close()
 
-
-def _total(tests: Tests) -> int:
-    return len(tests.asserts) if tests.check is None else 1

@@ -115,7 +115,10 @@ def _encode_plain(value: Any, to_ref: Ref | None, depth: int) -> Any:
         return ["d", [[sub(k), sub(v)] for k, v in dict.items(value)]]
     tag = {list: "l", tuple: "t", set: "S", frozenset: "F"}[next(t for t in (list, tuple, set, frozenset)
                                                               if isinstance(value, t))]
-    return [tag, [sub(v) for v in value]]
+    items = [sub(v) for v in value]
+    if tag in ("S", "F"):  # iteration order follows the hash seed: sort, so the same set is the same bytes
+        items.sort(key=lambda item: json.dumps(item, separators=(",", ":")))
+    return [tag, items]
 
 
 def decode(data: Any, from_ref: Deref | None = None, _depth: int = 0) -> Any:
