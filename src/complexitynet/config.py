@@ -51,6 +51,7 @@ class Splits(Section):
 
 class Prepare(Section):
     humaneval_split: Splits = Splits()  # seeded split of HumanEval (MBPP keeps its original split)
+    mbppplus: bool = True  # MBPP's hidden tests from MBPP+ (False: hidden = visible; for quick smoke runs)
     templates: dict[Dataset, str]  # the prompt shown to models; fields {text}, {tests}, {entry_point}
 
     @model_validator(mode="after")
@@ -91,6 +92,7 @@ class ExecuteTimeouts(Section):
     load_s: float = Field(10.0, gt=0)  # running the solution module and MBPP's setup code
     test_s: float = Field(10.0, gt=0)  # one MBPP assert, or HumanEval's whole check()
     sample_s: float = Field(60.0, gt=0)  # everything for one sample
+    case_s: float = Field(2.0, gt=0)  # CPU seconds for one input/output case (MBPP+), not wall clock
 
 
 class Execute(Section):
@@ -107,6 +109,7 @@ class Label(Section):
     threshold: float = Field(1.0, gt=0, le=1)  # pass rate that counts as "reliably solves"
     rule: Literal["threshold", "first_pass"] = "threshold"  # see src/complexitynet/label.py
     allow_missing: bool = False  # fewer than k trials: error (False) or label what exists and flag it
+    truth: Literal["hidden", "visible"] = "hidden"  # which tests judge a sample (see src/complexitynet/label.py)
 
     @model_validator(mode="after")
     def _positive_k(self) -> Label:

@@ -1,8 +1,10 @@
 """prepare: turn the benchmark sources into data/problems.jsonl.
 
 MBPP keeps the original paper's split (task_ids 1-10 few-shot, 11-510 test, 511-600 validation,
-601-974 train); HumanEval, which has none, gets a seeded split. Tests stay structured (setup,
-asserts / check function) so the sandbox can run them one by one.
+601-974 train); HumanEval, which has none, gets a seeded split. Every problem carries two suites:
+visible tests (what the prompt shows: MBPP's three asserts, HumanEval's docstring examples) and
+hidden tests (what judges: MBPP+'s inputs, HumanEval's `check`). Tests stay structured (setup,
+asserts, check function, input/output cases) so the sandbox can run them one by one.
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ import ast
 import builtins
 import gzip
 import random
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from complexitynet import mbppplus
 from complexitynet.config import Splits
+from complexitynet.docstring_tests import docstring_asserts
 from complexitynet.errors import DataError
 from complexitynet.extract import parse_quietly
 from complexitynet.io import iter_json_lines
-from complexitynet.schemas import Dataset, Problem, Split, Tests
+from complexitynet.mbppplus import BESPOKE, PlusProblem
+from complexitynet.sandbox import protocol as P
+from complexitynet.sandbox.harness import opaque
+from complexitynet.sandbox.pool import Job, SandboxPool
+from complexitynet.schemas import Cases, Dataset, Problem, Split, Tests
 from complexitynet.sources import FILES
 
 
@@ -96,11 +105,13 @@ def load_mbpp(path: Path, template: str) -> list[Problem]:
             text=text,
             prompt=render_prompt(template, text.strip(), asserts, entry_point),
             entry_point=entry_point,
-            tests=Tests(
+            visible=(visible := Tests(
                 setup=_field(obj, "test_setup_code", str, path, lineno).replace("\r\n", "\n"),
                 asserts=asserts,
                 challenge=_str_list(obj, "challenge_test_list", path, lineno),
-            ),
+            )),
+            hidden=visible,  # until MBPP+ adds hidden tests (add_mbppplus)
+            hidden_source="visible",
             reference=reference,
         ))
     return problems
@@ -137,18 +148,98 @@ def load_humaneval(path: Path, template: str, fractions: Splits, seed: int) -> l
             text=stub,
             prompt=render_prompt(template, stub, [], entry_point),
             entry_point=entry_point,
-            tests=Tests(check=test),
+            visible=Tests(asserts=docstring_asserts(stub, entry_point)),
+            hidden=Tests(check=test),
+            hidden_source="check",
             reference=stub + solution,
         )
         for task_id, stub, solution, test, entry_point in rows
     ]
 
 
-def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Splits, seed: int) -> list[Problem]:
-    """All problems of `dataset`, read from the fetched sources (sorting happens on write)."""
+def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: SandboxPool,
+                 progress: bool = False) -> list[Problem]:
+    """MBPP problems with MBPP+'s inputs as hidden tests, expected outputs from running MBPP+'s
+    canonical solution in the sandbox. An input the canonical solution fails on (raises, runs out of
+    time, returns something that is not plain data) is dropped and noted on the problem."""
+    by_task = {int(p.task_id.split("/")[1]): p for p in problems if p.dataset == "mbpp"}
+    jobs = [Job(task, plus[task].canonical, by_task[task].visible, plus[task].entry_point,
+                inputs=[P.encode(args) for args in plus[task].inputs])
+            for task in sorted(set(plus) & set(by_task))]
+    results = pool.map(jobs)
+    if progress:
+        from tqdm import tqdm
+
+        results = tqdm(results, total=len(jobs), desc="prepare: MBPP+ expected outputs", unit="problem")
+    updated: dict[int, Problem] = {}
+    for task, outcome, _ in results:
+        problem, extra = by_task[task], plus[task]  # type: ignore[index]
+        if outcome.status != "pass":
+            updated[task] = problem.model_copy(update={"notes": [
+                f"MBPP+ not used: its canonical solution does not run ({outcome.status}: {outcome.detail})"]})
+            continue
+        kept, why = [], Counter()
+        for args, (kind, value) in zip(extra.inputs, outcome.outputs):
+            if kind == "v" and extra.compare == "not_none":  # EvalPlus keeps only "returned something"
+                kind, value = "v", value if isinstance(value, bool) else value is not None
+            if kind == "v" and opaque(value):
+                kind, value = "e", "returned an object that is not plain data"
+            if kind == "v":
+                kept.append((args, value))
+            else:
+                why[value] += 1
+        notes = [f"{n} MBPP+ input(s) dropped: the canonical solution gives no plain answer ({reason})"
+                 for reason, n in sorted(why.items())]
+        if task in BESPOKE:
+            notes.append(f"EvalPlus judges {BESPOKE[task]} with a bespoke oracle; compared exactly here")
+        if problem.entry_point != extra.entry_point:
+            notes.append(f"MBPP+ calls '{extra.entry_point}', MBPP's asserts call '{problem.entry_point}'")
+        hidden = Tests(setup=problem.visible.setup, cases=Cases(
+            inputs=[P.encode(args) for args, _ in kept], expected=[P.encode(value) for _, value in kept],
+            atol=extra.atol, compare=extra.compare))  # type: ignore[arg-type]
+        updated[task] = problem.model_copy(update={"hidden": hidden, "hidden_source": "mbpp+", "notes": notes})
+    return [updated.get(int(p.task_id.split("/")[1]), p) if p.dataset == "mbpp" else p for p in problems]
+
+
+def check_visible(problems: list[Problem], pool: SandboxPool) -> list[Problem]:
+    """Drop the visible tests a problem's own reference solution fails (a docstring example that is
+    wrong), noting each on the problem; run in the sandbox like every other program."""
+    jobs = [Job(p.task_id, p.reference, p.visible, p.entry_point) for p in problems if p.visible.asserts]
+    failed = {key: outcome for key, outcome, _ in pool.map(jobs) if outcome.failed}
+    out = []
+    for p in problems:
+        outcome = failed.get(p.task_id)
+        if outcome is None:
+            out.append(p)
+            continue
+        keep = [a for i, a in enumerate(p.visible.asserts) if i not in outcome.failed]
+        notes = [f"visible test dropped, the reference fails it: {p.visible.asserts[i]}" for i in outcome.failed]
+        out.append(p.model_copy(update={"visible": p.visible.model_copy(update={"asserts": keep}),
+                                        "notes": p.notes + notes}))
+    return out
+
+
+def read_problems(dataset: Dataset, sources_dir: Path, template: str, fractions: Splits, seed: int) -> list[Problem]:
+    """The problems as their source states them, without running anything: visible tests, and hidden
+    tests where the source has its own (HumanEval's check; MBPP's come from MBPP+ in `prepare`)."""
     path = sources_dir / FILES[dataset].relpath
     if not path.exists():
         raise DataError(f"{path}: source not found; run `complexitynet fetch` first")
-    if dataset == "mbpp":
-        return load_mbpp(path, template)
-    return load_humaneval(path, template, fractions, seed)
+    if dataset == "humaneval":
+        return load_humaneval(path, template, fractions, seed)
+    return load_mbpp(path, template)
+
+
+def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Splits, seed: int,
+            pool: SandboxPool, use_mbppplus: bool = True, progress: bool = False) -> list[Problem]:
+    """All problems of `dataset` with visible and hidden tests (sorting happens on write). The pool
+    runs reference solutions: MBPP+'s for expected outputs, HumanEval's against its docstring examples."""
+    problems = read_problems(dataset, sources_dir, template, fractions, seed)
+    if dataset == "humaneval":
+        return check_visible(problems, pool)
+    if not use_mbppplus:
+        return problems
+    plus_path = sources_dir / FILES["mbppplus"].relpath
+    if not plus_path.exists():
+        raise DataError(f"{plus_path}: source not found; run `complexitynet fetch` first")
+    return add_mbppplus(problems, mbppplus.load(plus_path), pool, progress)

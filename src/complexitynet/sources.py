@@ -13,6 +13,7 @@ _RAW = "https://raw.githubusercontent.com"
 _COMPLEXITYNET = f"{_RAW}/BaeHenryS/ComplexityNet/fb098ccf9138ae349d5ac5c388d3299bdac4415e"
 _ADAPTIVELLM = f"{_RAW}/cjhCoder7/AdaptiveLLM/32dd6cf29b5adb77afb6e752bef82db846c7928c"
 _HUMANEVAL = f"{_RAW}/openai/human-eval/6d43fb980f9fee3c892a914eda09951f772ad10d"
+_EVALPLUS = f"{_RAW}/evalplus/evalplus/767efcc368e0ef16568bba4ee2f1b005e849e8a6"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ FILES: dict[str, SourceFile] = {
         f"{_HUMANEVAL}/data/HumanEval.jsonl.gz",
         "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef",
         "MIT (Chen et al. 2021)",
+    ),
+    # MBPP+ (EvalPlus): many more inputs for 399 MBPP problems, the hidden tests that judge MBPP samples.
+    "mbppplus": SourceFile(
+        "mbppplus/MbppPlus.jsonl",
+        f"{_EVALPLUS}/MbppPlus.jsonl",
+        "08405a4e8764a4941cfe0945d25a956355a0454f364ea902c4020a44e7057973",
+        "Apache-2.0 (Liu et al. 2023, EvalPlus)",
     ),
     # The ComplexityNet paper's own recorded completions on MBPP (one per model and problem).
     "complexitynet-gpt": SourceFile(

@@ -3,12 +3,12 @@ from collections import Counter
 import pytest
 
 from complexitynet.config import Splits
-from complexitynet.prepare import humaneval_splits, mbpp_entry_point, mbpp_split, prepare
+from complexitynet.prepare import humaneval_splits, mbpp_entry_point, mbpp_split, read_problems
 
 
 @pytest.fixture(scope="module")
 def mbpp(sources_dir, params):
-    return prepare("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 1)
+    return read_problems("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 1)
 
 
 def test_mbpp_has_974_rows_with_the_original_split(mbpp):
@@ -23,11 +23,12 @@ def test_mbpp_has_974_rows_with_the_original_split(mbpp):
 def test_mbpp_tests_stay_structured(mbpp):
     p = {p.task_id: p for p in mbpp}["MBPP/2"]
     assert p.entry_point == "similar_elements"
-    assert len(p.tests.asserts) == 3 and all(a.startswith("assert similar_elements(") for a in p.tests.asserts)
-    assert p.tests.check is None and "\r" not in p.reference
+    assert len(p.visible.asserts) == 3 and all(a.startswith("assert similar_elements(") for a in p.visible.asserts)
+    assert p.visible.check is None and "\r" not in p.reference
     assert p.prompt.startswith("You are an expert Python programmer, and here is your task: Write a function")
-    assert p.prompt.endswith(p.tests.asserts[-1])
-    assert sum(bool(q.tests.setup) for q in mbpp) > 0 and sum(bool(q.tests.challenge) for q in mbpp) > 0
+    assert p.prompt.endswith(p.visible.asserts[-1])
+    assert sum(bool(q.visible.setup) for q in mbpp) > 0 and sum(bool(q.visible.challenge) for q in mbpp) > 0
+    assert p.hidden == p.visible and p.hidden_source == "visible"  # until prepare adds MBPP+ (sandbox tests)
 
 
 def test_mbpp_entry_point_when_builtin_is_shadowed():
@@ -45,12 +46,16 @@ def test_mbpp_split_bounds():
 
 
 def test_humaneval_is_seeded_and_complete(sources_dir, params):
-    probs = prepare("humaneval", sources_dir, params.prepare.templates["humaneval"],
+    probs = read_problems("humaneval", sources_dir, params.prepare.templates["humaneval"],
                     params.prepare.humaneval_split, params.base.seed)
     assert len(probs) == 164
     assert Counter(p.split for p in probs) == {"train": 98, "validation": 33, "test": 33}
     p = probs[0]
-    assert p.task_id == "HumanEval/0" and p.tests.check and "def check(candidate)" in p.tests.check
+    assert p.task_id == "HumanEval/0" and p.hidden.check and "def check(candidate)" in p.hidden.check
+    assert p.hidden_source == "check" and p.visible.asserts == [
+        "assert has_close_elements([1.0, 2.0, 3.0], 0.5) == False",
+        "assert has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3) == True"]
+    assert sum(q.visible.total > 0 for q in probs) == 155  # prompts whose docstring yields an example
     assert p.reference.startswith(p.text) and "```python\nfrom typing import List" in p.prompt
     ids = [q.task_id for q in probs]
     fr = Splits()

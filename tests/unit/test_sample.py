@@ -4,13 +4,13 @@ import pytest
 
 from complexitynet.config import ModelSpec, Price
 from complexitynet.errors import DataError
-from complexitynet.prepare import prepare
+from complexitynet.prepare import read_problems
 from complexitynet.sample import cost_usd, estimate_tokens, sample_recorded
 
 
 @pytest.fixture(scope="module")
 def mbpp_problems(sources_dir, params):
-    probs = prepare("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 1)
+    probs = read_problems("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 1)
     return {p.task_id: p for p in probs}
 
 
@@ -44,7 +44,7 @@ def test_recorded_codellama_nulls_become_empty_completions(sources_dir, mbpp_pro
 
 
 def test_recorded_humaneval_token_counts(sources_dir, params):
-    probs = prepare("humaneval", sources_dir, params.prepare.templates["humaneval"], params.prepare.humaneval_split, 1)
+    probs = read_problems("humaneval", sources_dir, params.prepare.templates["humaneval"], params.prepare.humaneval_split, 1)
     problems = {p.task_id: p for p in probs}
     llama = sample_recorded(model(source="adaptivellm-humaneval", source_model="CodeLlama-7b-Instruct-hf"),
                             problems, sources_dir, 3.4)
