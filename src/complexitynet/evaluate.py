@@ -16,7 +16,7 @@ import numpy as np
 
 from complexitynet import routing as R
 from complexitynet.errors import DataError
-from complexitynet.schemas import Label, Problem, Sample
+from complexitynet.schemas import Label, Problem, Sample, Verdict
 
 PAPER = {"label_accuracy_3class": 0.79, "compute_saving": 0.90, "code_accuracy": 0.867}
 
@@ -177,6 +177,50 @@ def evaluate(ts: TestSet, probs: dict[str, np.ndarray], target: float, targets: 
         "trials": trials_question(ts, router),
         "source_flags": source_flags or {},
     }
+
+
+def suites(problems: list[Problem], verdicts: dict[str, list[Verdict]], split: str, rounds: int, seed: int,
+           examples: int = 5) -> dict[str, Any]:
+    """Each model's pass rate on visible and on hidden tests over one split's samples, with 95%
+    bootstrap intervals (resampling prompts), for the problems whose hidden tests are their own
+    (MBPP+, HumanEval's check) and for those judged on the visible tests alone; and the samples
+    that pass the visible tests but fail the hidden ones."""
+    by_id = {p.task_id: p for p in problems if p.split == split}
+    groups = {"own hidden tests": lambda p: p.hidden_source != "visible",
+              "hidden = visible": lambda p: p.hidden_source == "visible"}
+    out: dict[str, Any] = {"split": split, "models": {}}
+    for model, rows in verdicts.items():
+        mine = [v for v in rows if v.task_id in by_id]
+        out["models"][model] = {name: _suite_rates([v for v in mine if keep(by_id[v.task_id])], rounds, seed)
+                                for name, keep in groups.items()}
+        fooled = [v for v in mine if v.visible is not None and v.visible.status == "pass" and v.hidden.status != "pass"]
+        out["models"][model]["pass_visible_fail_hidden"] = {
+            "n": len(fooled), "of": sum(v.visible is not None and v.visible.status == "pass" for v in mine),
+            "examples": [f"{v.task_id}#{v.trial}: {v.hidden.detail}" for v in fooled[:examples]]}
+    return out
+
+
+def _suite_rates(rows: list[Verdict], rounds: int, seed: int) -> dict[str, Any]:
+    """Visible and hidden pass rates of some samples, with intervals over their prompts."""
+    tasks = sorted({v.task_id for v in rows})
+    index = {t: i for i, t in enumerate(tasks)}
+    out: dict[str, Any] = {"prompts": len(tasks), "samples": len(rows)}
+    for suite in ("visible", "hidden"):
+        judged = [(index[v.task_id], r.status == "pass") for v in rows if (r := v.result(suite)) is not None]
+        if not judged:
+            out[suite] = {"n": 0, "pass_rate": None, "ci95": [None, None]}
+            continue
+        passes, counts = np.zeros(len(tasks)), np.zeros(len(tasks))
+        for i, ok in judged:
+            passes[i] += ok
+            counts[i] += 1
+
+        def rate(idx: np.ndarray) -> float:
+            return float(passes[idx].sum() / counts[idx].sum()) if counts[idx].sum() else float("nan")
+
+        out[suite] = {"n": len(judged), "pass_rate": rate(np.arange(len(tasks))),
+                      "ci95": list(R.bootstrap_ci(rate, len(tasks), rounds, seed))}
+    return out
 
 
 def confusion(ts: TestSet, probs: np.ndarray) -> np.ndarray:

@@ -5,6 +5,10 @@ data/cache/verdicts/<model>.jsonl as they arrive: a killed run resumes without r
 anything it finished, identical programs (common across trials) run once, and a rerun rewrites
 the same bytes. The stage also reports how our verdicts differ from the recorded sources' own
 pass flags.
+
+Each sample is judged twice, on the visible tests (what its prompt showed) and on the hidden tests
+(what judges); the two runs are cached separately, and a problem without hidden tests of its own
+runs once.
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ from typing import Any
 from complexitynet.errors import DataError
 from complexitynet.sandbox.harness import Outcome
 from complexitynet.sandbox.pool import Job, SandboxPool
-from complexitynet.schemas import Problem, Sample, Verdict
+from complexitynet.sandbox.backends import HASH_SEED
+from complexitynet.schemas import Problem, Result, Sample, Tests, Verdict
 
 log = logging.getLogger(__name__)
 
 
-def job_key(fingerprint: str, sample: Sample, problem: Problem) -> str:
-    """Content address of one execution: same sandbox, limits, code and tests -> same verdict."""
-    blob = json.dumps([fingerprint, sample.code, problem.tests.model_dump(), problem.entry_point],
-                      sort_keys=True, ensure_ascii=True)
+def job_key(fingerprint: str, code: str, tests: Tests, entry_point: str) -> str:
+    """Content address of one execution: same sandbox, limits, code and tests -> same result.
+    A sample has one per suite; a problem whose hidden tests are its visible ones shares it."""
+    blob = json.dumps([fingerprint, code, tests.model_dump(), entry_point], sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -63,15 +68,15 @@ class VerdictCache:
 
 @dataclass
 class Plan:
-    """What one execute run must do: every sample's job key, and the jobs not yet in the cache."""
+    """What one execute run must do: every sample's job key per suite, and the jobs not yet cached."""
 
-    keyed: dict[str, dict[tuple[str, int], str]]    # model -> (task_id, trial) -> job key
-    todo: dict[tuple[str, str], Job]                # (model, key) -> job; identical programs run once per model
+    keyed: dict[str, dict[tuple[str, int], tuple[str | None, str]]]  # model -> (task, trial) -> (visible, hidden)
+    todo: dict[tuple[str, str], Job]                # (model, key) -> job; identical runs happen once per model
     caches: dict[str, VerdictCache | None]
     fresh: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def add(self, model: str, key: str, record: dict[str, Any]) -> None:
-        """Keep one finished job's verdict record (and append it to the cache, durably)."""
+        """Keep one finished job's result record (and append it to the cache, durably)."""
         self.fresh[model, key] = record
         if self.caches[model] is not None:
             self.caches[model].add(key, record)  # type: ignore[union-attr]
@@ -84,32 +89,41 @@ class Plan:
 
 def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerprint: str,
          cache_dir: Path | None) -> Plan:
-    """Key every sample by content and list the jobs the verdict cache cannot answer."""
+    """Key every sample's visible and hidden run by content and list the jobs the cache cannot answer."""
     caches = {m: VerdictCache(cache_dir / f"{m}.jsonl") if cache_dir else None for m in samples}
-    keyed: dict[str, dict[tuple[str, int], str]] = {}
+    keyed: dict[str, dict[tuple[str, int], tuple[str | None, str]]] = {}
     todo: dict[tuple[str, str], Job] = {}
     for model, rows in samples.items():
         keyed[model] = {}
+        cache = caches[model]
         for sample in rows:
             problem = problems.get(sample.task_id)
             if problem is None:
                 raise DataError(f"data/samples/{model}.jsonl: task '{sample.task_id}' is not in "
                                 "data/problems.jsonl; rerun `complexitynet sample`")
-            key = job_key(fingerprint, sample, problem)
-            keyed[model][sample.task_id, sample.trial] = key
-            cache = caches[model]
-            if (cache is None or key not in cache.entries) and (model, key) not in todo:
-                todo[model, key] = Job((model, key), sample.code, problem.tests, problem.entry_point)
+            keys = []
+            for tests in (problem.visible, problem.hidden):
+                if tests.total == 0:
+                    keys.append(None)
+                    continue
+                key = job_key(fingerprint, sample.code, tests, problem.entry_point)
+                keys.append(key)
+                if (cache is None or key not in cache.entries) and (model, key) not in todo:
+                    todo[model, key] = Job((model, key), sample.code, tests, problem.entry_point)
+            if keys[1] is None:
+                raise DataError(f"data/problems.jsonl: {sample.task_id} has no hidden tests; nothing can judge it")
+            keyed[model][sample.task_id, sample.trial] = (keys[0], keys[1])
     total = sum(len(k) for k in keyed.values())
-    log.info("execute: %d samples, %d to run (%d cached or duplicate)", total, len(todo), total - len(todo))
+    log.info("execute: %d samples, %d runs to do (the rest cached or shared)", total, len(todo))
     return Plan(keyed, todo, caches)
 
 
 def run_jobs(pool: SandboxPool, jobs: Iterable[Job], total: int = 0,
              progress: bool = False) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
-    """((model, key), verdict record) for each job, as each finishes."""
+    """((model, key), result record) for each job, as each finishes."""
     for key, outcome, seconds in _progress(pool.map(jobs), total, progress):
-        yield key, outcome_record(outcome, seconds)  # type: ignore[misc]
+        producer = {"sandbox": pool.backend.sandbox, "python": pool.python, "hash_seed": HASH_SEED}
+        yield key, outcome_record(outcome, seconds, producer)  # type: ignore[misc]
 
 
 def assemble(samples: dict[str, list[Sample]], done: Plan) -> dict[str, list[Verdict]]:
@@ -118,11 +132,22 @@ def assemble(samples: dict[str, list[Sample]], done: Plan) -> dict[str, list[Ver
     for model, rows in samples.items():
         out = []
         for sample in rows:
-            key = done.keyed[model][sample.task_id, sample.trial]
-            record = done.fresh.get((model, key)) or done.caches[model].entries[key]  # type: ignore[union-attr]
-            out.append(Verdict(task_id=sample.task_id, trial=sample.trial, model=model, **record))
+            keys = done.keyed[model][sample.task_id, sample.trial]
+            records = [None if k is None else (done.fresh.get((model, k)) or done.caches[model].entries[k])  # type: ignore[union-attr]
+                       for k in keys]
+            visible, hidden = records
+            seconds = hidden["duration_s"] + (visible["duration_s"] if visible and keys[0] != keys[1] else 0)  # type: ignore[index]
+            out.append(Verdict(task_id=sample.task_id, trial=sample.trial, model=model,
+                               visible=_result(visible), hidden=_result(hidden),  # type: ignore[arg-type]
+                               duration_s=round(seconds, 4), produced_by=hidden["produced_by"]))  # type: ignore[index]
         verdicts[model] = out
     return verdicts
+
+
+def _result(record: dict[str, Any] | None) -> Result | None:
+    if record is None:
+        return None
+    return Result(**{k: record[k] for k in ("status", "tests_passed", "tests_total", "failed", "detail")})
 
 
 def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool: SandboxPool,
@@ -137,9 +162,10 @@ def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool
     return assemble(samples, todo)
 
 
-def outcome_record(outcome: Outcome, seconds: float) -> dict[str, Any]:
+def outcome_record(outcome: Outcome, seconds: float, producer: dict[str, Any]) -> dict[str, Any]:
     return {"status": outcome.status, "tests_passed": outcome.tests_passed, "tests_total": outcome.tests_total,
-            "duration_s": round(seconds, 4), "detail": outcome.detail}
+            "failed": list(outcome.failed), "duration_s": round(seconds, 4), "detail": outcome.detail,
+            "produced_by": producer}
 
 
 def _progress(results: Iterable, total: int, enabled: bool) -> Iterable:
@@ -147,12 +173,13 @@ def _progress(results: Iterable, total: int, enabled: bool) -> Iterable:
         return results
     from tqdm import tqdm
 
-    return tqdm(results, total=total, desc="execute", unit="sample", file=sys.stderr)
+    return tqdm(results, total=total, desc="execute", unit="run", file=sys.stderr)
 
 
 def compare_with_source(samples: list[Sample], verdicts: list[Verdict], examples: int = 10) -> dict[str, Any]:
-    """How our verdicts differ from the recorded source's own pass flags, for one model."""
-    ours = {(v.task_id, v.trial): v.status == "pass" for v in verdicts}
+    """How our verdicts on the visible tests (the ones the sources' own harnesses ran) differ from
+    the recorded source's own pass flags, for one model."""
+    ours = {(v.task_id, v.trial): (v.visible or v.hidden).status == "pass" for v in verdicts}
     counts: Counter[str] = Counter()
     lists: dict[str, list[str]] = {"ours_pass_source_fail": [], "ours_fail_source_pass": []}
     for s in samples:
@@ -180,11 +207,16 @@ def compare_with_source(samples: list[Sample], verdicts: list[Verdict], examples
 
 
 def summarize(samples: list[Sample], verdicts: list[Verdict]) -> dict[str, Any]:
-    statuses = Counter(v.status for v in verdicts)
-    return {
-        "samples": len(verdicts),
-        "status": {s: statuses.get(s, 0) for s in ("pass", "fail", "timeout", "error", "crash")},
-        "pass_rate": round(statuses.get("pass", 0) / len(verdicts), 4) if verdicts else None,
-        "source_flags": compare_with_source(samples, verdicts),
-    }
-
+    """Status counts and pass rates on hidden and on visible tests, and the samples that pass the
+    visible tests but fail the hidden ones (the code a user's own tests would wrongly accept)."""
+    out: dict[str, Any] = {"samples": len(verdicts)}
+    for suite in ("hidden", "visible"):
+        results = [r for v in verdicts if (r := v.result(suite)) is not None]  # type: ignore[arg-type]
+        statuses = Counter(r.status for r in results)
+        out[suite] = {"judged": len(results),
+                      "status": {s: statuses.get(s, 0) for s in ("pass", "fail", "timeout", "error", "crash")},
+                      "pass_rate": round(statuses.get("pass", 0) / len(results), 4) if results else None}
+    fooled = [v for v in verdicts if v.visible is not None and v.visible.status == "pass" and v.hidden.status != "pass"]
+    out["pass_visible_fail_hidden"] = len(fooled)
+    out["source_flags"] = compare_with_source(samples, verdicts)
+    return out

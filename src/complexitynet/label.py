@@ -1,6 +1,7 @@
 """label: the cheapest model in the ladder that reliably solves each prompt -> data/labels.jsonl.
 
-From our own sandbox verdicts, per prompt and model: passes among the first k trials. Rules:
+From our own sandbox verdicts, per prompt and model: passes among the first k trials, judged on the
+hidden tests (`label.truth: hidden`, the default) or on the visible ones the prompt showed. Rules:
 - `threshold` (default): the first model whose pass rate reaches the threshold (1.0 = passes every
   trial, the paper's "reliably solves"); `len(ladder)` ("none") when no model does.
 - `first_pass`: the first model that passes at least once (the labelling in the ComplexityNet
@@ -17,7 +18,7 @@ from collections import Counter, defaultdict
 from typing import Any, Literal
 
 from complexitynet.errors import DataError
-from complexitynet.schemas import Label, Problem, Verdict
+from complexitynet.schemas import Label, Problem, Truth, Verdict
 
 Rule = Literal["threshold", "first_pass"]
 
@@ -36,12 +37,16 @@ def first_solver(counts: list[tuple[int, int]], rule: Rule, threshold: float) ->
 
 
 def label_problems(problems: list[Problem], verdicts: dict[str, list[Verdict]], ladder: list[str], k: int,
-                   rule: Rule = "threshold", threshold: float = 1.0, allow_missing: bool = False) -> list[Label]:
-    """One label per problem from the verdicts of every ladder model (models in ladder order)."""
+                   rule: Rule = "threshold", threshold: float = 1.0, allow_missing: bool = False,
+                   truth: Truth = "hidden") -> list[Label]:
+    """One label per problem from the verdicts of every ladder model (models in ladder order), judged
+    on the `truth` suite (a sample with no visible tests has no visible verdict: a missing trial)."""
     status: dict[str, dict[str, dict[int, bool]]] = {m: defaultdict(dict) for m in ladder}
     for model in ladder:
         for v in verdicts.get(model, []):
-            status[model][v.task_id][v.trial] = v.status == "pass"
+            result = v.result(truth)
+            if result is not None:
+                status[model][v.task_id][v.trial] = result.status == "pass"
     labels = []
     for problem in problems:
         counts, first = [], []

@@ -22,6 +22,31 @@ def _num_ci(ci: list[float]) -> str:
     return f"[{_num(ci[0])}, {_num(ci[1])}]"
 
 
+def _suites(t: dict[str, Any] | None) -> list[str]:
+    """Visible vs hidden pass rates per model and problem group, and code the visible tests let through."""
+    if not t:
+        return []
+    lines = ["", f"## Visible vs hidden tests ({t['split']} split)", "",
+             "Visible tests are those the prompt shows (what a user has at routing time); hidden tests judge "
+             "(MBPP+ inputs, HumanEval's `check`). Problems without hidden tests of their own are judged on their "
+             "visible tests and reported apart. Intervals: 95% bootstrap over prompts.", "",
+             "| model | problems | prompts | visible pass rate | hidden pass rate |", "|---|---|---|---|---|"]
+    for model, groups in t["models"].items():
+        for group, g in groups.items():
+            if group == "pass_visible_fail_hidden" or not g["prompts"]:
+                continue
+            cells = [f"{_pct(g[s]['pass_rate'])} {_ci(g[s]['ci95'])} (n={g[s]['n']})" if g[s]["n"] else "no tests"
+                     for s in ("visible", "hidden")]
+            lines.append(f"| {model} | {group} | {g['prompts']} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Samples that pass the visible tests but fail the hidden ones (wrong code a user's own tests "
+              "would accept):", ""]
+    for model, groups in t["models"].items():
+        f = groups["pass_visible_fail_hidden"]
+        lines.append(f"- `{model}`: {f['n']} of {f['of']} visible passes"
+                     + (": " + "; ".join(f"`{e}`" for e in f["examples"]) if f["examples"] else ""))
+    return lines
+
+
 def render(r: dict[str, Any], dataset: str, ladder: str, label_rule: str) -> str:
     pol, cur, clf = r["policies"], r["curves"], r["classifier"]
     router, largest = pol["router"], pol[f"always:{r['models'][-1]}"]
@@ -29,7 +54,8 @@ def render(r: dict[str, Any], dataset: str, ladder: str, label_rule: str) -> str
     lines = [
         f"# ComplexityNet evaluation: {dataset}, ladder `{ladder}`",
         "",
-        f"Test split only, n = {r['n_test']} prompts; ground truth = our sandbox verdicts; labels: {label_rule}. "
+        f"Test split only, n = {r['n_test']} prompts; ground truth = our sandbox verdicts on the "
+        f"{r.get('truth', 'hidden')} tests; labels: {label_rule}. "
         f"Router = LoRA classifier + cost-aware rule (cheapest model whose predicted success >= {r['target']:g}). "
         "Intervals are 95% bootstrap intervals over test prompts.",
         "",
@@ -90,6 +116,7 @@ def render(r: dict[str, Any], dataset: str, ladder: str, label_rule: str) -> str
         for name in ("lora", "tfidf_lr"):
             lines.append(f"| {name} | " + " | ".join(f"{cv[name][m]['mean']:.3f} ± {cv[name][m]['std']:.3f}"
                                                      for m in ("accuracy", "macro_f1", "within_one")) + " |")
+    lines += _suites(r.get("suites"))
     if r["source_flags"]:
         lines += ["", "## The recorded sources' pass flags vs our verdicts", "",
                   "| model | compared | agree | ours pass, source fail | ours fail, source pass |", "|---|---|---|---|---|"]

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,20 @@ def prepare(params: Params, paths: Paths) -> None:
     from complexitynet.schemas import task_key
 
     dataset = params.base.dataset
-    problems = prepare_problems(dataset, paths.sources, params.prepare.templates[dataset],
-                                params.prepare.humaneval_split, params.base.seed)
+    pool = SandboxConfig.from_params(params).open_pool()  # reference solutions run in the sandbox too
+    try:
+        problems = prepare_problems(dataset, paths.sources, params.prepare.templates[dataset],
+                                    params.prepare.humaneval_split, params.base.seed, pool,
+                                    params.prepare.mbppplus, progress_bars())
+    finally:
+        pool.close()
     n = write_jsonl(paths.problems, problems, key=lambda p: task_key(p.task_id))
     counts = {s: sum(p.split == s for p in problems) for s in ("fewshot", "train", "validation", "test")}
     log.info("prepare: %d %s problems -> %s %s", n, dataset, paths.problems, counts)
+    hidden = Counter(p.hidden_source for p in problems)
+    log.info("prepare: hidden tests from %s; %d problems with visible tests, %d hidden tests in all, %d notes",
+             dict(sorted(hidden.items())), sum(p.visible.total > 0 for p in problems),
+             sum(p.hidden.total for p in problems), sum(len(p.notes) for p in problems))
 
 
 # --- sample -----------------------------------------------------------------------------------
@@ -196,8 +206,10 @@ def write_execute_outputs(params: Params, paths: Paths, samples: dict, verdicts:
     write_json(paths.execute_metrics, {"ladder": params.ladder_name, "backend": backend, "models": metrics})
     for name, m in metrics.items():
         flags = m["source_flags"]
-        log.info("execute: %-28s pass rate %.3f %s; agrees with the source's flags on %s/%s",
-                 name, m["pass_rate"] or 0, m["status"], flags["agree"], flags["compared"])
+        log.info("execute: %-28s pass rate hidden %.3f, visible %s %s; %d pass visible but fail hidden; "
+                 "agrees with the source's flags on %s/%s", name, m["hidden"]["pass_rate"] or 0,
+                 m["visible"]["pass_rate"], m["hidden"]["status"], m["pass_visible_fail_hidden"], flags["agree"],
+                 flags["compared"])
 
 
 def execute(params: Params, paths: Paths, backend: str | None = None) -> None:
@@ -227,10 +239,10 @@ def label(params: Params, paths: Paths) -> None:
     problems = read_jsonl(paths.problems, Problem)
     verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in ladder}
     k = cfg.k[params.base.dataset]
-    labels = label_problems(problems, verdicts, ladder, k, cfg.rule, cfg.threshold, cfg.allow_missing)
+    labels = label_problems(problems, verdicts, ladder, k, cfg.rule, cfg.threshold, cfg.allow_missing, cfg.truth)
     write_jsonl(paths.labels, labels, key=label_key)
     dist = distribution(labels, ladder)
-    write_json(paths.label_metrics, {"ladder": params.ladder_name, "k": k, "rule": cfg.rule,
+    write_json(paths.label_metrics, {"ladder": params.ladder_name, "k": k, "rule": cfg.rule, "truth": cfg.truth,
                                      "threshold": cfg.threshold, **dist})
     for split, d in dist["splits"].items():
         log.info("label: %-10s n=%-4d %s (1-trial agrees %.2f, flagged %d)", split, d["n"], d["label"],
@@ -275,10 +287,10 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
 
     from complexitynet.classifier import load_classifier
     from complexitynet.evaluate import evaluate as evaluate_policies
-    from complexitynet.evaluate import test_set, write_plots
+    from complexitynet.evaluate import suites, test_set, write_plots
     from complexitynet.io import atomic_write, read_jsonl, write_json
     from complexitynet.report import render
-    from complexitynet.schemas import Label, Problem
+    from complexitynet.schemas import Label, Problem, Verdict
 
     cfg = params.evaluate
     models = [m.name for m in params.ladder]
@@ -303,6 +315,9 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         log.info("evaluate: target %.2f calibrated on %d validation prompts (keep %.0f%% of the largest's pass rate)",
                  target, len(val.task_ids), 100 * cfg.quality_goal)
     result = evaluate_policies(ts, probs, target, targets, cfg.router_cost_usd, cfg.bootstrap, params.base.seed, flags)
+    result["truth"] = params.label.truth
+    verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
+    result["suites"] = suites(problems, verdicts, "test", cfg.bootstrap, params.base.seed)
     if cfg.cv_folds:
         from complexitynet.train import cross_validate
 
@@ -339,6 +354,10 @@ def _log_evaluation(params: Params, result: dict, paths: Paths) -> None:
                         for k, v in p.items() if v == v})
         numbers.update({f"{name}_{k}": c[k] for name, c in result["curves"].items() if isinstance(c, dict)
                         for k in ("apgr", "cpt50", "cpt80", "aiq") if c[k] == c[k]})
+        for model, groups in result["suites"]["models"].items():  # visible vs hidden, own hidden tests only
+            own = groups["own hidden tests"]
+            numbers.update({f"{model}_{suite}_pass_rate": own[suite]["pass_rate"] for suite in ("visible", "hidden")
+                            if own[suite]["pass_rate"] is not None})
         mlflow.log_metrics(numbers)
         for path in (paths.plots / "frontier.png", paths.plots / "confusion.png", paths.report, paths.eval_metrics):
             mlflow.log_artifact(str(path))

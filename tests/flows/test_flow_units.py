@@ -136,7 +136,7 @@ def test_sandbox_batch_failure_is_retried_then_the_stage_completes(sampled, monk
     assert len(workers) == 1  # threads: every batch ran in this process
     assert calls["n"] == 4 and sorted(len(b) for b in batches) == [4, 4, 4]  # 3 batches + 1 retry
     verdicts = rows(paths.verdicts / "small.jsonl")
-    assert len(verdicts) == 12 and {v["status"] for v in verdicts} == {"fail"}
+    assert len(verdicts) == 12 and {v["hidden"]["status"] for v in verdicts} == {"fail"}
 
 
 def test_permanent_batch_failure_names_the_samples_and_a_rerun_resumes(sampled, monkeypatch):

@@ -33,7 +33,8 @@ def tiny_dataset(n_train: int = 24, n_val: int = 12) -> tuple[list[Problem], lis
         split = "train" if i < n_train else "validation"
         problems.append(Problem(task_id=task, dataset="mbpp", split=split, text=words[level],
                                 prompt=f"Write a function to {words[level]} (variant {i}).", entry_point="f",
-                                tests=ProblemTests(asserts=["assert f()"]), reference="def f(): return True"))
+                                visible=(t := ProblemTests(asserts=["assert f()"])),
+                                hidden=t, hidden_source="visible", reference="def f(): return True"))
         labels.append(Label(task_id=task, split=split, label=level, label_name=CLASSES[level], label_first_trial=level,
                             passes={}, trials={}, pass_rate={}))
     return problems, labels

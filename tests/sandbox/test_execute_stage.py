@@ -33,6 +33,7 @@ COMPLETIONS = {  # MBPP/2: similar_elements(t1, t2) == tuple of common elements
 def write_workdir(tmp_path: Path, mirror: Path, backend: str, slow: int = 0) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["base"]["ladder"] = "mine"
+    params["prepare"]["mbppplus"] = False  # MBPP/2's asserts judge here (hidden tests: tests/sandbox/test_hidden.py)
     params["execute"].update(backend=backend, workers=1,
                              timeouts={"load_s": 3, "test_s": 1, "sample_s": 10})
     params["ladders"]["mine"] = [{
@@ -61,11 +62,11 @@ def test_execute_writes_verdicts_metrics_and_reuses_the_cache(workdir, caplog):
     caplog.set_level(logging.INFO)
     assert main(["execute"]) == 0
     verdicts = [json.loads(line) for line in Path("data/verdicts/mine.jsonl").read_text().splitlines()]
-    assert [(v["trial"], v["status"], v["tests_passed"]) for v in verdicts] == [
+    assert [(v["trial"], v["hidden"]["status"], v["hidden"]["tests_passed"]) for v in verdicts] == [
         (0, "pass", 3), (1, "fail", 0), (2, "error", 0), (3, "timeout", 0)]
-    assert "SyntaxError" in verdicts[2]["detail"]
+    assert "SyntaxError" in verdicts[2]["hidden"]["detail"] and verdicts[2]["visible"] == verdicts[2]["hidden"]
     metrics = json.loads(Path("metrics/execute.json").read_text())["models"]["mine"]
-    assert metrics["status"]["pass"] == 1 and metrics["source_flags"]["no_source_flag"] == 4
+    assert metrics["hidden"]["status"]["pass"] == 1 and metrics["source_flags"]["no_source_flag"] == 4
     first = Path("data/verdicts/mine.jsonl").read_bytes()
     caplog.clear()
     assert main(["execute"]) == 0

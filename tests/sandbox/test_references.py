@@ -7,11 +7,13 @@ import collections
 
 import pytest
 
+from complexitynet import mbppplus
 from complexitynet.prepare import prepare
 from complexitynet.sandbox.backends import Limits
 from complexitynet.sandbox.harness import Timeouts
 from complexitynet.sandbox.pool import Job, SandboxPool
 from complexitynet.sample import sample_recorded
+from complexitynet.sources import FILES
 
 from tests.sandbox.sandboxes import make
 
@@ -33,16 +35,45 @@ def stage_pool(request):
 
 @pytest.fixture(scope="module")
 def problems(sources_dir, params):
-    return {ds: prepare(ds, sources_dir, params.prepare.templates[ds], params.prepare.humaneval_split, 1)
-            for ds in ("mbpp", "humaneval")}
+    """Both datasets as the prepare stage writes them (MBPP+ expected outputs computed in bwrap)."""
+    pool = SandboxPool(make("bwrap", STAGE_LIMITS), 2, STAGE_LIMITS, STAGE_TIMEOUTS)
+    try:
+        return {ds: prepare(ds, sources_dir, params.prepare.templates[ds], params.prepare.humaneval_split, 1, pool)
+                for ds in ("mbpp", "humaneval")}
+    finally:
+        pool.close()
 
 
 @pytest.mark.parametrize("dataset, count", [("mbpp", 974), ("humaneval", 164)])
-def test_all_reference_solutions_pass(stage_pool, problems, dataset, count):
-    jobs = [Job(p.task_id, p.reference, p.tests, p.entry_point) for p in problems[dataset]]
-    assert len(jobs) == count
+def test_all_reference_solutions_pass_their_visible_tests(stage_pool, problems, dataset, count):
+    jobs = [Job(p.task_id, p.reference, p.visible, p.entry_point) for p in problems[dataset] if p.visible.total]
+    assert len(jobs) == (count if dataset == "mbpp" else 155)  # 9 HumanEval docstrings show no usable example
     failed = {key: outcome for key, outcome, _ in stage_pool.map(jobs) if outcome.status != "pass"}
     assert set(failed) == set(BROKEN_MBPP_REFERENCES if dataset == "mbpp" else {}), failed
+    if dataset == "humaneval":  # docstring examples the canonical solution contradicts are dropped, and noted
+        noted = {p.task_id for p in problems[dataset] if p.notes}
+        assert noted == {"HumanEval/47", "HumanEval/116", "HumanEval/130", "HumanEval/148"}
+
+
+def test_all_canonical_solutions_pass_their_hidden_tests(stage_pool, problems, sources_dir):
+    """MBPP+'s canonical solutions on the expected outputs computed from them (in the other backend
+    too: expected values are plain data, the same whichever sandbox produced them), and HumanEval's
+    on its check."""
+    plus = mbppplus.load(sources_dir / FILES["mbppplus"].relpath)
+    jobs = []
+    for p in problems["mbpp"]:
+        if p.hidden_source == "mbpp+":  # MBPP+ renamed 15 functions: the hidden tests call MBPP's name
+            extra = plus[int(p.task_id.split("/")[1])]
+            jobs.append(Job(p.task_id, f"{extra.canonical}\n{p.entry_point} = {extra.entry_point}\n", p.hidden,
+                            p.entry_point))
+    jobs += [Job(p.task_id, p.reference, p.hidden, p.entry_point) for p in problems["humaneval"]]
+    assert len(jobs) == 398 + 164
+    failed = {key: outcome for key, outcome, _ in stage_pool.map(jobs) if outcome.status != "pass"}
+    assert failed == {}
+    mbpp = {p.task_id: p for p in problems["mbpp"]}
+    assert sum(p.hidden_source == "mbpp+" for p in mbpp.values()) == 398
+    assert sum(p.hidden.total for p in mbpp.values() if p.hidden_source == "mbpp+") > 40000
+    assert "dropped" in " ".join(mbpp["MBPP/630"].notes)  # outputs over the protocol's size limit, noted
 
 
 def test_same_inputs_same_verdicts_under_parallel_load(stage_pool, problems, sources_dir, params):
@@ -54,7 +85,7 @@ def test_same_inputs_same_verdicts_under_parallel_load(stage_pool, problems, sou
         for s in sample_recorded(model, by_id, sources_dir, 3.4):
             if s.task_id in picked:
                 p = by_id[s.task_id]
-                jobs.append(Job((model.name, s.task_id), s.code, p.tests, p.entry_point))
+                jobs.append(Job((model.name, s.task_id), s.code, p.visible, p.entry_point))
     runs = []
     for _ in range(2):
         runs.append({key: (o.status, o.tests_passed, o.tests_total) for key, o, _ in stage_pool.map(jobs)})
@@ -66,7 +97,7 @@ def test_same_inputs_same_verdicts_under_parallel_load(stage_pool, problems, sou
 def test_backends_agree(problems, sources_dir, params):
     by_id = {p.task_id: p for p in problems["humaneval"]}
     model = params.ladders["humaneval"][0]  # Code Llama: many failures and errors
-    jobs = [Job((s.task_id, s.trial), s.code, by_id[s.task_id].tests, by_id[s.task_id].entry_point)
+    jobs = [Job((s.task_id, s.trial), s.code, by_id[s.task_id].hidden, by_id[s.task_id].entry_point)
             for s in sample_recorded(model, by_id, sources_dir, 3.4)[:200]]
     results = {}
     for name in ("docker", "bwrap"):

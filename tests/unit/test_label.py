@@ -2,15 +2,17 @@ import pytest
 
 from complexitynet.errors import DataError
 from complexitynet.label import distribution, first_solver, label_problems, solves
-from complexitynet.schemas import Problem, Verdict
+from complexitynet.schemas import Problem, Producer, Result, Verdict
 from complexitynet.schemas import Tests as ProblemTests
 
 LADDER = ["small", "medium", "large"]
+PRODUCER = Producer(sandbox="test", python="3.11", hash_seed=0)
 
 
 def problem(task: str, split: str = "train") -> Problem:
     return Problem(task_id=task, dataset="mbpp", split=split, text="t", prompt="p", entry_point="f",
-                   tests=ProblemTests(asserts=["assert f()"]), reference="def f(): return True")
+                   visible=(t := ProblemTests(asserts=["assert f()"])), hidden=t,
+                   hidden_source="visible", reference="def f(): return True")
 
 
 def verdicts(table: dict[str, dict[str, list[bool]]]) -> dict[str, list[Verdict]]:
@@ -18,8 +20,10 @@ def verdicts(table: dict[str, dict[str, list[bool]]]) -> dict[str, list[Verdict]
     for task, per_model in table.items():
         for model, results in per_model.items():
             for trial, ok in enumerate(results):
-                out[model].append(Verdict(task_id=task, trial=trial, model=model, status="pass" if ok else "fail",
-                                          tests_passed=int(ok), tests_total=1, duration_s=0.0, detail=""))
+                result = Result(status="pass" if ok else "fail", tests_passed=int(ok), tests_total=1,
+                                failed=[] if ok else [0], detail="")
+                out[model].append(Verdict(task_id=task, trial=trial, model=model, visible=result, hidden=result,
+                                          duration_s=0.0, produced_by=PRODUCER))
     return out
 
 

@@ -1,0 +1,94 @@
+"""Hidden input/output tests on both backends: per-input verdicts, one process per sample, expected
+values that never enter the sandbox, references whose outputs are not plain data, and the
+execute stage judging visible and hidden tests apart (with the verdict cache)."""
+
+from __future__ import annotations
+
+import pytest
+
+from complexitynet.execute import execute
+from complexitynet.prepare import add_mbppplus
+from complexitynet.mbppplus import PlusProblem
+from complexitynet.sandbox import protocol as P
+from complexitynet.sandbox.pool import Job
+from complexitynet.schemas import Cases, Problem, Sample
+from complexitynet.schemas import Tests as ProblemTests
+
+pytestmark = [pytest.mark.integration]
+
+VISIBLE = ProblemTests(asserts=["assert is_prime(2) == True", "assert is_prime(9) == False"])
+HIDDEN = ProblemTests(cases=Cases(inputs=[P.encode([n]) for n in (2, 9, 1, 0, 97, 91)],
+                                  expected=[P.encode(v) for v in (True, False, False, False, True, False)]))
+RIGHT = "def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))\n"
+WRONG = "def is_prime(n):\n    return n == 2 or n % 2 == 1 and n != 9\n"  # passes what the prompt shows
+
+
+def problem() -> Problem:
+    return Problem(task_id="T/1", dataset="mbpp", split="test", text="t", prompt="p", entry_point="is_prime",
+                   visible=VISIBLE, hidden=HIDDEN, hidden_source="user", reference=RIGHT)
+
+
+def test_a_wrong_solution_passes_visible_and_fails_hidden_with_the_indices(pool):
+    (_, visible, _), (_, hidden, _) = pool.map([Job("v", WRONG, VISIBLE, "is_prime"), Job("h", WRONG, HIDDEN, "is_prime")])
+    assert visible.status == "pass" and (visible.tests_passed, visible.tests_total) == (2, 2)
+    assert hidden.status == "fail" and hidden.failed == (2, 5) and hidden.tests_passed == 4  # 1 and 91
+    assert hidden.detail.startswith("test 2: wrong output True")
+    _, right, _ = pool.run(Job("r", RIGHT, HIDDEN, "is_prime"))
+    assert right.status == "pass" and right.failed == ()
+
+
+def test_all_inputs_run_in_one_process_and_expected_values_stay_outside(pool):
+    spy = ("import os\ncalls = []\n"
+           "def is_prime(n):\n    calls.append(os.getpid())\n    assert len(set(calls)) == 1\n"
+           "    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))\n")
+    _, outcome, _ = pool.run(Job("spy", spy, HIDDEN, "is_prime"))
+    assert outcome.status == "pass"
+    # a solution that hunts for the expected values in its process finds nothing to forge
+    hunt = ("import gc\ndef is_prime(n):\n    seen = [o for o in gc.get_objects() if isinstance(o, list) and "
+            "o[:1] == ['b']]\n    return seen[0][1] if seen else None\n")
+    _, outcome, _ = pool.run(Job("hunt", hunt, HIDDEN, "is_prime"))
+    assert outcome.status == "fail" and outcome.failed == tuple(range(6))
+
+
+@pytest.mark.parametrize("code, status, failed", [
+    # 2 CPU-s per input, but the tests' whole-sample CPU limit (5 s) ends it first
+    ("def is_prime(n):\n    while True: pass\n", "timeout", (0, 1, 2, 3, 4, 5)),
+    # slow on one input only: that input fails, the others pass
+    ("def is_prime(n):\n    while n == 9: pass\n    return n in (2, 97)\n", "fail", (1,)),
+    ("def is_prime(n):\n    return object()\n", "fail", (0, 1, 2, 3, 4, 5)),  # not plain data
+    ("def is_prime(n):\n    if n == 0: raise ValueError('zero')\n    return n in (2, 97)\n", "fail", (3,)),
+    ("def isprime(n):\n    return True\n", "fail", (0, 1, 2, 3, 4, 5)),  # no entry point
+    ("def is_prime(n)\n    return True\n", "error", (0, 1, 2, 3, 4, 5)),
+])
+def test_failures_per_input(pool, code, status, failed):
+    _, outcome, _ = pool.run(Job("x", code, HIDDEN, "is_prime"))
+    assert (outcome.status, outcome.failed) == (status, failed), outcome
+
+
+def test_reference_outputs_that_are_not_plain_data_are_dropped_and_noted(pool):
+    base = Problem(task_id="MBPP/900", dataset="mbpp", split="train", text="t", prompt="p", entry_point="f",
+                   visible=(v := ProblemTests(asserts=["assert f(1) == 1"])), hidden=v, hidden_source="visible",
+                   reference="def f(x):\n    return x\n")
+    canonical = "def f(x):\n    if x == 2:\n        return object()\n    if x == 3:\n        raise KeyError(x)\n    return x * 2\n"
+    extra = PlusProblem(900, "f", canonical, [[1], [2], [3], [4]], 0.0, "exact")
+    (out,) = add_mbppplus([base], {900: extra}, pool)
+    assert out.hidden_source == "mbpp+" and out.hidden.cases is not None
+    assert [P.decode(x) for x in out.hidden.cases.inputs] == [[1], [4]]
+    assert [P.decode(x) for x in out.hidden.cases.expected] == [2, 8]
+    assert sorted(out.notes) == ["1 MBPP+ input(s) dropped: the canonical solution gives no plain answer (KeyError: 3)",
+                                 "1 MBPP+ input(s) dropped: the canonical solution gives no plain answer (returned an "
+                                 "object that is not plain data)"]
+
+
+def test_execute_judges_visible_and_hidden_and_caches_each(pool, tmp_path):
+    samples = {"m": [Sample(task_id="T/1", trial=t, model="m", completion=c, code=c, prompt_tokens=1,
+                            completion_tokens=1, tokens_estimated=False, cost_usd=0.0, latency_s=None,
+                            source="recorded") for t, c in enumerate((RIGHT, WRONG))]}
+    problems = {"T/1": problem()}
+    first = execute(samples, problems, pool, "fp", tmp_path)["m"]
+    assert [(v.visible.status, v.hidden.status) for v in first] == [("pass", "pass"), ("pass", "fail")]
+    assert first[1].hidden.failed == [2, 5] and first[1].produced_by.hash_seed == 0
+    assert first[0].produced_by.sandbox.startswith(pool.backend.name)
+    again = execute(samples, problems, pool, "fp", tmp_path)["m"]  # all four runs from the cache
+    assert again == first
+    assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 4
