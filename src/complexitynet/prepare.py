@@ -161,17 +161,27 @@ def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: Sa
                  progress: bool = False) -> list[Problem]:
     """MBPP problems with MBPP+'s inputs as hidden tests, expected outputs from running MBPP+'s
     canonical solution in the sandbox. An input the canonical solution fails on (raises, runs out of
-    time, returns something that is not plain data) is dropped and noted on the problem."""
+    time, returns something that is not plain data) is dropped and noted on the problem; so is MBPP+
+    for a problem whose function it calls with other arguments than MBPP's prompt shows."""
     by_task = {int(p.task_id.split("/")[1]): p for p in problems if p.dataset == "mbpp"}
+    updated: dict[int, Problem] = {}
+    usable = []
+    for task in sorted(set(plus) & set(by_task)):
+        shown = {len(c) for c in mbppplus.example_calls("\n".join(by_task[task].visible.asserts),
+                                                        by_task[task].entry_point)}
+        taken = {len(args) for args in plus[task].inputs}
+        if shown and shown != taken:  # MBPP+ dropped arguments (often a length) that MBPP's prompt asks for
+            updated[task] = by_task[task].model_copy(update={"notes": [
+                f"MBPP+ not used: it calls with {sorted(taken)} argument(s), MBPP's asserts with {sorted(shown)}"]})
+        else:
+            usable.append(task)
     jobs = [Job(task, plus[task].canonical, by_task[task].visible, plus[task].entry_point,
-                inputs=[P.encode(args) for args in plus[task].inputs])
-            for task in sorted(set(plus) & set(by_task))]
+                inputs=[P.encode(args) for args in plus[task].inputs]) for task in usable]
     results = pool.map(jobs)
     if progress:
         from tqdm import tqdm
 
         results = tqdm(results, total=len(jobs), desc="prepare: MBPP+ expected outputs", unit="problem")
-    updated: dict[int, Problem] = {}
     for task, outcome, _ in results:
         problem, extra = by_task[task], plus[task]  # type: ignore[index]
         if outcome.status != "pass":

@@ -92,3 +92,14 @@ def test_execute_judges_visible_and_hidden_and_caches_each(pool, tmp_path):
     again = execute(samples, problems, pool, "fp", tmp_path)["m"]  # all four runs from the cache
     assert again == first
     assert len((tmp_path / "m.jsonl").read_text().splitlines()) == 4
+
+
+def test_mbppplus_is_not_used_where_it_calls_with_other_arguments(pool):
+    """MBPP+ dropped a length argument from 26 problems; their prompts still ask for it."""
+    base = Problem(task_id="MBPP/57", dataset="mbpp", split="test", text="t", prompt="p", entry_point="f",
+                   visible=(v := ProblemTests(asserts=["assert f([1, 2], 2) == 2"])), hidden=v,
+                   hidden_source="visible", reference="def f(a, n):\n    return max(a)\n")
+    extra = PlusProblem(57, "f", "def f(a):\n    return max(a)\n", [[[1, 2]], [[3]]], 0.0, "exact")
+    (out,) = add_mbppplus([base], {57: extra}, pool)
+    assert out.hidden == out.visible and out.hidden_source == "visible"
+    assert out.notes == ["MBPP+ not used: it calls with [1] argument(s), MBPP's asserts with [2]"]
