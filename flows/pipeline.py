@@ -125,7 +125,7 @@ def execute_flow(params: Params, paths: Paths, sandbox: SandboxConfig) -> list[s
     work = ex.plan(samples, stages.load_problems(paths), fingerprint,
                    paths.verdict_cache if params.execute.cache else None)
     names = {(m, key): f"{m} {task_id}#{trial}" for m, keyed in work.keyed.items()
-             for (task_id, trial), key in keyed.items()}
+             for (task_id, trial), keys in keyed.items() for key in keys if key is not None}
     jobs = list(work.todo.values())
     size, sessions = params.orchestrate.execute_batch, params.orchestrate.sandboxes_per_task
     unit, workers, failures = retrying(t.execute_batch, params.orchestrate), set(), []
