@@ -114,7 +114,7 @@ def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerp
                 raise DataError(f"data/problems.jsonl: {sample.task_id} has no hidden tests; nothing can judge it")
             keyed[model][sample.task_id, sample.trial] = (keys[0], keys[1])
     total = sum(len(k) for k in keyed.values())
-    log.info("execute: %d samples, %d runs to do (the rest cached or shared)", total, len(todo))
+    log.info("execute: %d samples, %d to run (the rest cached or shared)", total, len(todo))
     return Plan(keyed, todo, caches)
 
 

@@ -47,6 +47,10 @@ class FlakyBackend(Backend):
     def __init__(self, inner: Backend, failures: int):
         self.inner, self.failures, self.name = inner, failures, inner.name
 
+    @property
+    def sandbox(self) -> str:
+        return self.inner.sandbox
+
     def open(self, slot: int):
         if self.failures > 0:
             self.failures -= 1
