@@ -3,9 +3,10 @@
 Both anchors run in the same process as the measurement, on the same samples, with the same number
 of parallel workers.
 
-1. Hidden inputs judged per second, sandbox pool vs an unsandboxed reference: one plain `python`
-   subprocess per sample that execs the code and calls the entry point on every input (the same
-   per-input CPU limit, the same comparison: the harness's own `outputs_match`). Target ratio >= 0.5.
+1. Hidden inputs judged per second, sandbox pool vs an unsandboxed reference: one plain `python3`
+   subprocess per sample that execs the code and calls the entry point on every input (the sandbox's
+   interpreter build, per-input and per-sample CPU limits and memory limit; the harness's own
+   `outputs_match`). Target ratio >= 0.5.
 2. The whole execute stage (no cache, a fresh pool) with hidden tests vs visible tests only (hidden
    replaced by visible, so each sample runs once). Target time ratio <= 3.
 
@@ -20,6 +21,7 @@ import argparse
 import inspect
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -38,16 +40,18 @@ from complexitynet.stages import SandboxConfig
 
 MODELS = ["codellama-7b-python", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"]
 RATE_TARGET, TIME_TARGET = 0.5, 3.0
+SYSTEM_PYTHON = "/usr/bin/python3"  # what bwrap runs; the Docker image's python3 is the same Debian build
 MAX_CASE_TIMEOUTS = 3  # as sandbox/runner.py: after 3 inputs out of CPU time the rest are skipped
 # The child gets the comparison as source: importing complexitynet costs ~0.4 s a process (pydantic).
 JUDGE = "from __future__ import annotations\nimport math\n" + "\n".join(
     inspect.getsource(f) for f in (harness._is_floats, harness.outputs_match, harness._close))
 CHILD = r"""
 import os, pickle, resource, signal, sys
-judge_src, code, entry, inputs, expected, atol, compare, case_s, mem_mb, max_t = pickle.load(sys.stdin.buffer)
+judge_py, code, entry, ins, outs, atol, compare, case_s, max_t, mem_mb, cpu_s = pickle.load(sys.stdin.buffer)
 out = os.fdopen(os.dup(1), "wb")
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # what the solution prints must not mix with the answer
-resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20,) * 2)
+resource.setrlimit(resource.RLIMIT_AS, (mem_mb << 20,) * 2)  # the sandbox's limits for a sample
+resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
 def answer(why):
     out.write(pickle.dumps(why))
     out.close()
@@ -56,13 +60,13 @@ class Timeout(BaseException): pass
 def on_prof(*_): raise Timeout()
 signal.signal(signal.SIGPROF, on_prof)
 judge, ns, why, timeouts = {}, {"__name__": "solution"}, [], 0
-exec(judge_src, judge)
+exec(judge_py, judge)
 try:
     exec(compile(code, "solution.py", "exec"), ns)
     fn = ns[entry]
 except BaseException as exc:
     answer([f"load: {type(exc).__name__}"])
-for args, want in zip(inputs, expected):
+for args, want in zip(ins, outs):
     if timeouts >= max_t:
         why.append("not run")
         continue
@@ -85,29 +89,32 @@ Key = tuple[str, str, int]  # (model, task_id, trial)
 Verdicts = dict[Key, tuple[bool, str]]  # passed, first failure
 
 
-def reference_verdict(job: Job, sandbox: SandboxConfig) -> tuple[Key, bool, str]:
+def reference_verdict(job: Job, sandbox: SandboxConfig, python: str) -> tuple[Key, bool, str]:
     """Judge one sample in a plain subprocess: (key, passed, first failure)."""
     cases = job.tests.cases
     assert cases is not None
     payload = pickle.dumps((JUDGE, job.code, job.entry_point, [P.decode(a) for a in cases.inputs],
                             [P.decode(e) for e in cases.expected], cases.atol, cases.compare,
-                            sandbox.timeouts["case_s"], sandbox.limits["memory_mb"], MAX_CASE_TIMEOUTS))
+                            sandbox.timeouts["case_s"], MAX_CASE_TIMEOUTS, sandbox.limits["memory_mb"],
+                            sandbox.limits["cpu_s"]))
     env = {**os.environ, "PYTHONHASHSEED": str(HASH_SEED)}
     try:
-        proc = subprocess.run([sys.executable, "-c", CHILD], input=payload, capture_output=True, env=env,
+        proc = subprocess.run([python, "-c", CHILD], input=payload, capture_output=True, env=env,
                               timeout=sandbox.timeouts["sample_s"])
-        why = pickle.loads(proc.stdout) if proc.stdout else [f"exited {proc.returncode}"]
+        rc = proc.returncode
+        died = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited {rc}"
+        why = pickle.loads(proc.stdout) if proc.stdout else [died]
     except subprocess.TimeoutExpired:
         why = ["timeout"]
     first = next((f"test {i}: {w}" for i, w in enumerate(why) if w), "")
     return job.key, not first, first  # type: ignore[return-value]
 
 
-def run_reference(jobs: list[Job], sandbox: SandboxConfig, workers: int) -> tuple[float, Verdicts]:
+def run_reference(jobs: list[Job], sandbox: SandboxConfig, workers: int, python: str) -> tuple[float, Verdicts]:
     with ThreadPoolExecutor(workers) as ex:
-        list(ex.map(lambda j: reference_verdict(j, sandbox), jobs[:workers]))  # warm, as the pool is
+        list(ex.map(lambda j: reference_verdict(j, sandbox, python), jobs[:workers]))  # warm, as the pool is
         start = time.perf_counter()
-        results = list(ex.map(lambda j: reference_verdict(j, sandbox), jobs))
+        results = list(ex.map(lambda j: reference_verdict(j, sandbox, python), jobs))
     return time.perf_counter() - start, {k: (ok, why) for k, ok, why in results}
 
 
@@ -151,6 +158,9 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="parallel sandboxes, and parallel reference subprocesses (default: CPU cores)")
     ap.add_argument("--limit", type=int, default=0, help="first N problems only (0 = all 974)")
+    ap.add_argument("--python", default=SYSTEM_PYTHON if Path(SYSTEM_PYTHON).exists() else sys.executable,
+                    help="interpreter of the reference (default: the system's, the build the sandbox runs; "
+                         "a pyenv build without PGO can be ~1.8x slower on loops)")
     ap.add_argument("--problems", type=Path, default=Path("data/problems.jsonl"), help="prepare's output")
     ap.add_argument("--samples", type=Path, default=Path("data/samples"), help="sample's output folder")
     args = ap.parse_args()
@@ -166,7 +176,7 @@ def main() -> int:
         return 2
     n_in, n_jobs, n_samples = sum(j.tests.total for j in jobs), len(jobs), sum(map(len, samples.values()))
     say(f"1/4 reference: {n_jobs} samples, {n_in} hidden inputs, {args.workers} workers")
-    t_ref, ref = run_reference(jobs, sandbox, args.workers)
+    t_ref, ref = run_reference(jobs, sandbox, args.workers, args.python)
     say(f"2/4 sandbox ({sandbox.backend}); the reference took {t_ref:.1f} s")
     t_box, box = run_sandbox(jobs, sandbox, args.workers)
     say(f"3/4 execute, visible tests only, {n_samples} samples; the sandbox took {t_box:.1f} s")
@@ -180,6 +190,7 @@ def main() -> int:
     differ = sorted(k for k in box if box[k][0] != ref[k][0])
     print(f"{n_jobs} samples of {len({j.key[1] for j in jobs})} MBPP+ problems (3 models), {n_in} hidden inputs, "
           f"{args.workers} workers")
+    print(f"reference: one `{args.python} -c` subprocess per sample, no sandbox")
     for name, t, verdicts in (("reference (plain subprocess per sample)", t_ref, ref),
                               (f"complexitynet sandbox ({sandbox.backend})", t_box, box)):
         print(f"{name:<40} {n_in / t:8.1f} inputs/s {t:7.1f} s, "
