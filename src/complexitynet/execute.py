@@ -33,11 +33,22 @@ from complexitynet.schemas import Problem, Result, Sample, Tests, Verdict
 log = logging.getLogger(__name__)
 
 
-def job_key(fingerprint: str, code: str, tests: Tests, entry_point: str) -> str:
+def job_key(fingerprint: str, code: str, tests: Tests | str, entry_point: str) -> str:
     """Content address of one execution: same sandbox, limits, code and tests -> same result.
-    A sample has one per suite; a problem whose hidden tests are its visible ones shares it."""
-    blob = json.dumps([fingerprint, code, tests.model_dump(), entry_point], sort_keys=True, ensure_ascii=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    A sample has one per suite; a problem whose hidden tests are its visible ones shares it.
+    `tests` may be given as `suite_json(tests)`, computed once for all the samples of a problem."""
+    suite = tests if isinstance(tests, str) else suite_json(tests)
+    parts = [_json(fingerprint), _json(code), suite, _json(entry_point)]
+    return hashlib.sha256(f"[{', '.join(parts)}]".encode()).hexdigest()  # json.dumps of the list, piece by piece
+
+
+def suite_json(tests: Tests) -> str:
+    """A suite as the key hashes it (MBPP+ suites run to ~100 kB: serialise each once, not per sample)."""
+    return _json(tests.model_dump())
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)
 
 
 class VerdictCache:
@@ -93,6 +104,7 @@ def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerp
     caches = {m: VerdictCache(cache_dir / f"{m}.jsonl") if cache_dir else None for m in samples}
     keyed: dict[str, dict[tuple[str, int], tuple[str | None, str]]] = {}
     todo: dict[tuple[str, str], Job] = {}
+    suites: dict[int, str] = {}  # id(Tests) -> suite_json, for the problems held in `problems`
     for model, rows in samples.items():
         keyed[model] = {}
         cache = caches[model]
@@ -106,7 +118,9 @@ def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerp
                 if tests.total == 0:
                     keys.append(None)
                     continue
-                key = job_key(fingerprint, sample.code, tests, problem.entry_point)
+                if id(tests) not in suites:
+                    suites[id(tests)] = suite_json(tests)
+                key = job_key(fingerprint, sample.code, suites[id(tests)], problem.entry_point)
                 keys.append(key)
                 if (cache is None or key not in cache.entries) and (model, key) not in todo:
                     todo[model, key] = Job((model, key), sample.code, tests, problem.entry_point)

@@ -253,8 +253,7 @@ def reference_outputs(session: Session, code: str, entry_point: str, inputs: lis
         status = str(reply.get("status"))
         return _finish(session, Outcome("error" if status == "error" else "crash", 0, len(inputs),
                                         _short(stable_detail(reply, timeouts)), anomaly=status != "error"))
-    info = (reply.get("names") or {}).get(entry_point)
-    if not (isinstance(info, dict) and info.get("kind") == "callable"):
+    if not _defines_function(reply.get("names") or {}, entry_point):
         return _finish(session, Outcome("error", 0, len(inputs), f"the reference defines no '{entry_point}'"))
     try:
         outputs = tuple(call_cases(conn, timeouts, entry_point, inputs))
@@ -267,8 +266,7 @@ def reference_outputs(session: Session, code: str, entry_point: str, inputs: lis
 def _run_cases(conn: Connection, timeouts: Timeouts, cases: Cases, entry_point: str,
                names: dict[str, Any]) -> dict[int, str]:
     """Call the entry point on every input in one request; compare here. Returns failures by index."""
-    info = names.get(entry_point)
-    if not (isinstance(info, dict) and info.get("kind") == "callable"):
+    if not _defines_function(names, entry_point):
         return {i: f"NameError: the solution defines no function '{entry_point}'" for i in range(len(cases.inputs))}
     results = call_cases(conn, timeouts, entry_point, cases.inputs)
     failures: dict[int, str] = {}
@@ -287,6 +285,12 @@ def _run_cases(conn: Connection, timeouts: Timeouts, cases: Cases, entry_point: 
         if not same:
             failures[i] = f"wrong output {_preview(value)}"
     return failures
+
+
+def _defines_function(names: dict[str, Any], name: str) -> bool:
+    """Whether the loaded program's names (the runner's `start` reply) hold a callable `name`."""
+    info = names.get(name)
+    return isinstance(info, dict) and info.get("kind") == "callable"
 
 
 def call_cases(conn: Connection, timeouts: Timeouts, entry_point: str, inputs: list[Any]) -> list[tuple[str, Any]]:
