@@ -41,7 +41,7 @@ from complexitynet.stages import SandboxConfig
 MODELS = ["codellama-7b-python", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"]
 RATE_TARGET, TIME_TARGET = 0.5, 3.0
 SYSTEM_PYTHON = "/usr/bin/python3"  # what bwrap runs; the Docker image's python3 is the same Debian build
-MAX_CASE_TIMEOUTS = 3  # as sandbox/runner.py: after 3 inputs out of CPU time the rest are skipped
+MAX_CASE_TIMEOUTS = 1  # as sandbox/runner.py: after an input out of CPU time the rest are skipped
 # The child gets the comparison as source: importing complexitynet costs ~0.4 s a process (pydantic).
 JUDGE = "from __future__ import annotations\nimport math\n" + "\n".join(
     inspect.getsource(f) for f in (harness._is_floats, harness.outputs_match, harness._close))

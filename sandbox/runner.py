@@ -30,7 +30,7 @@ import protocol as P  # noqa: E402
 
 SCRATCH = os.environ.get("SANDBOX_SCRATCH", "/tmp")
 PR_SET_DUMPABLE = 4
-MAX_CASE_TIMEOUTS = 3  # input/output cases out of CPU time before the rest of a suite is skipped
+MAX_CASE_TIMEOUTS = 1  # input/output cases out of CPU time before the rest of a suite is skipped
 
 
 # ----------------------------------------------------------------------------------- child side
@@ -110,13 +110,14 @@ class Child:
 
         Returns a tagged list (protocol.encode of a list) of ("v", value) / ("e", error) / ("t",)
         tuples, encoded case by case so that one unencodable output fails only its own case.
-        Outputs that together exceed the message limit fail the cases past it; after MAX_CASE_TIMEOUTS
-        cases out of time the rest are not run (a slow solution costs seconds, not minutes).
+        Outputs that together exceed the message limit fail the cases past it; once a case runs out of
+        time the rest are not run: the suite has failed, and a slow solution's later inputs (MBPP+
+        grows them) would each cost the whole limit too.
         """
         items, size, timeouts = [], 0, 0
         for args in inputs:
             if timeouts >= MAX_CASE_TIMEOUTS:
-                items.append(P.encode(("e", f"not run: {timeouts} inputs ran out of CPU time")))
+                items.append(P.encode(("e", "not run: an earlier input ran out of CPU time")))
                 continue
             try:
                 call_args = P.decode(args, self.from_ref)
