@@ -161,7 +161,7 @@ def assemble(samples: dict[str, list[Sample]], done: Plan) -> dict[str, list[Ver
 def _result(record: dict[str, Any] | None) -> Result | None:
     if record is None:
         return None
-    return Result(**{k: record[k] for k in ("status", "tests_passed", "tests_total", "failed", "detail")})
+    return Result(**{k: record[k] for k in ("status", "tests_passed", "tests_total", "failed", "detail", "duration_s")})
 
 
 def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool: SandboxPool,

@@ -127,6 +127,7 @@ class Result(Record):
     tests_total: int = Field(ge=0)
     failed: list[int] = Field(default_factory=list)  # indices of the tests that did not pass (incl. not reached)
     detail: str  # the first failure, short; empty on pass
+    duration_s: float = Field(0.0, ge=0)  # wall clock of this suite's first execution (the cascade's sandbox cost)
 
 
 class Producer(Record):
