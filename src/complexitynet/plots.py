@@ -39,28 +39,32 @@ def confusion_png(matrix: np.ndarray, classes: list[str], path: Path, title: str
 
 
 def frontier_png(curves: dict[str, list[tuple[float, float]]], points: dict[str, tuple[float, float]],
-                 path: Path, title: str) -> None:
-    """Cost (relative to always-largest) against pass rate: classifier sweeps as lines, fixed
-    policies as labelled points."""
+                 path: Path, title: str, hull: list[tuple[float, float]] | None = None) -> None:
+    """Cost (relative to always-largest) against pass rate: sweeps as lines, policies as points with
+    their own marker. Every name is in the legend beside the axes, so no label overlaps a point or
+    another label. `hull`: the always-one-model policies' hull, dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=110)
+    fig, ax = plt.subplots(figsize=(10.0, 5.2), dpi=110)
     for name, xy in curves.items():
         xs, ys = zip(*sorted(xy))
-        ax.plot(xs, ys, marker=".", markersize=3, linewidth=2.2 if name == "router" else 1.0,
-                label=name, zorder=3 if name == "router" else 2)
-    for name, (x, y) in points.items():
-        ax.scatter([x], [y], s=40, zorder=4, edgecolors="black", linewidths=0.5)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
+        ax.plot(xs, ys, marker=".", markersize=3, linewidth=1.0, alpha=0.8, label=f"{name} (sweep)", zorder=2)
+    if hull:
+        xs, ys = zip(*hull)
+        ax.plot(xs, ys, linestyle="--", color="black", linewidth=1.0, label="ladder hull", zorder=1)
+    markers = "osD^vP*Xh<>p"
+    for i, (name, (x, y)) in enumerate(points.items()):
+        ax.scatter([x], [y], s=55, zorder=4, marker=markers[i % len(markers)], edgecolors="black", linewidths=0.6,
+                   label=name)
     ax.set_xscale("log")
     ax.set_xlabel("cost relative to always using the largest model (log scale)")
     ax.set_ylabel("pass rate (our sandbox verdicts)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png")

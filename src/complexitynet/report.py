@@ -47,6 +47,53 @@ def _suites(t: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _paying(r: dict[str, Any]) -> list[str]:
+    """The router that pays: prompt-only routers and cascades with paired-bootstrap margins, and
+    whether the targets (a margin CI above 0; a cascade at always-largest's pass rate for <= 20%
+    of its cost) are met."""
+    pay = r.get("paying")
+    if not pay:
+        return []
+    pol, largest = pay["policies"], r["policies"][f"always:{r['models'][-1]}"]
+    chosen = pol[f"router:{pay['chosen']}"]
+    cascade = pol["cascade"]
+    margin_ok = chosen["margin_over_hull"]["ci95"][0] > 0
+    cascade_ok = (cascade["pass_rate"]["value"] >= largest["pass_rate"] - 1e-12
+                  and cascade["cost_vs_largest"]["value"] <= 0.2)
+    lines = ["## What the router saves", "",
+             f"Chosen by cross-validation on train + validation (never test): success model `{pay['chosen']}`, "
+             f"rule P(pass) - lambda x cost. Always `{r['models'][-1]}`: {_pct(largest['pass_rate'])}.", "",
+             f"- **Prompt-only router** (`{pay['chosen']}`, lambda {chosen['lam']:.3g}): passes "
+             f"{_pct(chosen['pass_rate']['value'])} {_ci(chosen['pass_rate']['ci95'])} at "
+             f"{_pct(chosen['cost_vs_largest']['value'])} of always-largest's cost; "
+             f"{100 * chosen['margin_over_hull']['value']:+.1f} points over the ladder's hull at the same cost "
+             f"{_pts(chosen['margin_over_hull']['ci95'])} (target: CI above 0, "
+             f"{'met' if margin_ok else 'missed'}).",
+             f"- **Verified cascade** (lambda {cascade['lam']:.3g}, learned gate): passes "
+             f"{_pct(cascade['pass_rate']['value'])} {_ci(cascade['pass_rate']['ci95'])} at "
+             f"{_pct(cascade['cost_vs_largest']['value'])} {_ci(cascade['cost_vs_largest']['ci95'])} of always-largest's "
+             f"cost, {cascade['calls_per_prompt']:.2f} calls per prompt, {cascade['sandbox_seconds']:.0f} sandbox seconds "
+             f"in all (target: >= always-largest's pass rate at <= 20% of its cost, {'met' if cascade_ok else 'missed'}).",
+             "", "| policy | kind | lambda | pass rate | cost vs largest | margin over hull | margin over random mix |",
+             "|---|---|---|---|---|---|---|"]
+    chosen_name = f"router:{pay['chosen']}"
+    for name, p in pol.items():
+        lines.append(f"| {name}{' (chosen)' if name == chosen_name else ''} | {p['kind']} | "
+                     f"{p['lam']:.3g} | {_pct(p['pass_rate']['value'])} {_ci(p['pass_rate']['ci95'])} | "
+                     f"{_pct(p['cost_vs_largest']['value'])} | {100 * p['margin_over_hull']['value']:+.1f} "
+                     f"{_pts(p['margin_over_hull']['ci95'])} | {100 * p['margin_over_random']['value']:+.1f} "
+                     f"{_pts(p['margin_over_random']['ci95'])} |")
+    lines += ["", "Margins are in points of pass rate, with 95% paired bootstrap intervals over test prompts (the "
+              "ladder's hull re-measured on every resample). `cascade:every_rung` starts at the cheapest model and "
+              "escalates on every visible-test failure. Cascades pay every model they call; the answer returned is "
+              "the first that passes the visible tests, else the one that passed most of them.", ""]
+    return lines
+
+
+def _pts(ci: list[float]) -> str:
+    return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
 def render(r: dict[str, Any], dataset: str, ladder: str, label_rule: str) -> str:
     pol, cur, clf = r["policies"], r["curves"], r["classifier"]
     router, largest = pol["router"], pol[f"always:{r['models'][-1]}"]
@@ -59,7 +106,10 @@ def render(r: dict[str, Any], dataset: str, ladder: str, label_rule: str) -> str
         f"Router = LoRA classifier + cost-aware rule (cheapest model whose predicted success >= {r['target']:g}). "
         "Intervals are 95% bootstrap intervals over test prompts.",
         "",
-        "## Bottom line",
+    ]
+    lines += _paying(r)
+    lines += [
+        "## The paper's router (LoRA level classifier)",
         "",
         f"- The router passes {_pct(router['pass_rate'])} {_ci(r['router_ci95']['pass_rate'])} of test prompts at "
         f"{_pct(router['cost_vs_largest'])} of the cost of always using `{r['models'][-1]}` "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from complexitynet.config import ModelSpec, Params
+from complexitynet.errors import DataError
 
 log = logging.getLogger("complexitynet")
 
@@ -39,6 +40,7 @@ class Paths:
     label_metrics: Path = Path("metrics/label.json")
     classifier: Path = Path("models/classifier")
     baselines: Path = Path("models/baselines")
+    router: Path = Path("models/router")
     train_metrics: Path = Path("metrics/train.json")
     eval_metrics: Path = Path("metrics/eval.json")
     plots: Path = Path("plots")
@@ -262,14 +264,21 @@ def quiet_libraries() -> None:
 def train(params: Params, paths: Paths) -> dict[str, Any]:
     quiet_libraries()
     from complexitynet.io import read_jsonl, write_json
-    from complexitynet.schemas import Label, Problem
+    from complexitynet.schemas import Label, Problem, Verdict
     from complexitynet.tracking import provenance_tags
     from complexitynet.train import train as train_models
+    from complexitynet.train import train_router
 
     classes = params.classes
     tags = {**provenance_tags(), "ladder": params.ladder_name, "dataset": params.base.dataset}
-    metrics = train_models(read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label), classes,
-                           params.train, params.base.seed, paths.classifier, paths.baselines, tags)
+    problems, labels = read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label)
+    metrics = train_models(problems, labels, classes, params.train, params.base.seed, paths.classifier,
+                           paths.baselines, tags)
+    models = [m.name for m in params.ladder]
+    verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
+    metrics["router"] = train_router(problems, labels, load_samples(params, paths), verdicts, models, params.train,
+                                     params.label.k[params.base.dataset], params.label.truth, params.base.seed,
+                                     paths.router, tags)
     # run ids and timings differ on every run; the DVC metric keeps only what the inputs determine
     run_id = metrics["models"]["lora"].pop("run_id")
     for row in metrics["history"]:
@@ -278,10 +287,15 @@ def train(params: Params, paths: Paths) -> dict[str, Any]:
     for name, m in metrics["models"].items():
         log.info("train: %-12s validation accuracy %.3f  macro-F1 %.3f  within-one %.3f", name, m["accuracy"],
                  m["macro_f1"], m["within_one"])
+    for name, m in metrics["router"]["candidates"].items():
+        log.info("train: router %-9s cross-validated margin over the hull %+.3f at %.1f%% of the largest's cost "
+                 "(lambda %.3g)", name, m["routing_margin"], 100 * m["cost_vs_largest"], m["lam"])
+    log.info("train: router -> %s; cascade lambda %.3g", metrics["router"]["candidate"], metrics["router"]["cascade_lam"])
     return {"run_id": run_id, **metrics}
 
 
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
+    quiet_libraries()
     import joblib
     import numpy as np
 
@@ -318,6 +332,7 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     result["truth"] = params.label.truth
     verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
     result["suites"] = suites(problems, verdicts, "test", cfg.bootstrap, params.base.seed)
+    result["paying"] = _paying(params, paths, problems, labels, samples, verdicts, ts.task_ids)
     if cfg.cv_folds:
         from complexitynet.train import cross_validate
 
@@ -335,6 +350,25 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
              router["pass_rate"], 100 * router["cost_vs_largest"], result["largest"]["pass_rate"],
              result["curves"]["router"]["apgr"], result["curves"]["router"]["aiq"])
     return result
+
+
+def _paying(params: Params, paths: Paths, problems: list, labels: list, samples: dict, verdicts: dict,
+            task_ids: list[str]) -> dict[str, Any]:
+    """The router that pays (models/router/) on the test prompts: evaluate.paying's numbers."""
+    from complexitynet.evaluate import paying
+    from complexitynet.routers import load_router, recorded
+
+    spec, _ = load_router(paths.router)
+    models = [m.name for m in params.ladder]
+    if spec.models != models:
+        raise DataError(f"{paths.router}: fitted for ladder {spec.models}, but the ladder is {models}; "
+                        "rerun `complexitynet train`")
+    text = {p.task_id: getattr(p, spec.input) for p in problems}
+    texts = [text[t] for t in task_ids]
+    success = {name: load_router(paths.router, name)[1].predict(texts) for name in spec.candidates}
+    rec = recorded(task_ids, {lab.task_id: lab for lab in labels}, samples, verdicts, models,
+                   params.label.k[params.base.dataset], params.label.truth)
+    return paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed)
 
 
 def _log_evaluation(params: Params, result: dict, paths: Paths) -> None:
@@ -361,6 +395,13 @@ def _log_evaluation(params: Params, result: dict, paths: Paths) -> None:
         mlflow.log_metrics(numbers)
         for path in (paths.plots / "frontier.png", paths.plots / "confusion.png", paths.report, paths.eval_metrics):
             mlflow.log_artifact(str(path))
+    for name, policy in result["paying"]["policies"].items():  # one run per policy: the compare view's rows
+        with mlflow.start_run(run_name=f"policy-{name}", tags={**tags, "kind": "policy", "policy_kind": policy["kind"]}):
+            mlflow.log_params({"policy": name, "lam": policy["lam"], "n_test": policy["n"]})
+            mlflow.log_metrics({f"test_{k}{suffix}": v for k in ("pass_rate", "cost_vs_largest", "margin_over_hull",
+                                                                 "margin_over_random")
+                                for suffix, v in (("", policy[k]["value"]), ("_lo", policy[k]["ci95"][0]),
+                                                  ("_hi", policy[k]["ci95"][1])) if v == v})
 
 
 def sandbox_image(params: Params, paths: Paths) -> None:

