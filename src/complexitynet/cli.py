@@ -60,6 +60,20 @@ def cmd_route(params: Params, args: argparse.Namespace) -> None:
 
     cfg = params.serve
     name, ladder = serving_ladder(params, args.ladder, live=False)
+    if cfg.router is not None and args.classifier is None and args.target is None:  # the router that pays
+        from complexitynet.route import load_paying
+
+        paying = load_paying(cfg.router, name, ladder, cfg.torch_threads)
+        decision = paying.decide(paying.predict_proba([args.prompt])[0], ladder, verified=args.verified)
+        if args.json:
+            print(json.dumps({**decision.as_dict(), "router": cfg.router, "ladder": name}, indent=2))
+            return
+        print("P(success):      " + ", ".join(f"{m} {p:.3f}" for m, p in decision.success.items()))
+        print(f"lambda:          {decision.lam:g} ({'verified cascade' if args.verified else 'prompt only'}, "
+              f"{cfg.router})")
+        print(f"chosen model:    {decision.model} (ladder {name})")
+        print(f"why:             {decision.explain(ladder)}")
+        return
     clf = load_router_classifier(args.classifier or cfg.classifier, params.classes, cfg.torch_threads)
     check_levels(clf.classes, name, ladder, args.classifier or cfg.classifier)
     target, origin = (args.target, "--target") if args.target is not None else \
@@ -99,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", help="the prompt (what the classifier reads: the task statement)")
     p.add_argument("--target", type=float, help="quality target (default: serve.target, else metrics/eval.json)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("--verified", action="store_true",
+                   help="the prompt comes with tests: the router that pays starts its verified cascade")
     p.set_defaults(func=cmd_route)
     q = sub.add_parser("serve", help="serve the OpenAI-compatible router (see README, Router service)")
     q.add_argument("--host", help="override serve.host")
@@ -107,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_serve)
     for cmd in p, q:
         cmd.add_argument("--classifier", help="classifier directory, baseline .joblib file or MLflow model URI "
-                         "(default: serve.classifier)")
+                         "(default: serve.router, else serve.classifier; given, it replaces serve.router)")
         cmd.add_argument("--ladder", help="ladder to route over (default: serve.ladder)")
     return parser
 

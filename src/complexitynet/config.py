@@ -211,6 +211,9 @@ class Serve(Section):
     # A classifier directory, a baseline file train wrote (models/baselines/tfidf_lr.joblib), or an
     # MLflow model URI (models:/complexitynet-classifier@champion).
     classifier: str = "models/classifier"
+    # The router that pays (`train` writes models/router): per-rung success, P(pass) - lambda x cost,
+    # the learned escalation gate. None: route with `classifier` and `target` (the paper's rule).
+    router: str | None = None
     # The ladder to route over: one rung per classifier level, cheapest first, `provider: openai`.
     ladder: str | None = None
     target: float | None = Field(None, ge=0, le=1)  # None = the calibrated target in `eval_metrics`

@@ -35,19 +35,25 @@ ROUTED = "complexitynet"  # the model name that routes; "complexitynet:0.9" rout
 class Decision:
     """One prompt's routing decision and everything needed to explain it."""
 
-    probs: dict[str, float]  # per classifier level (the ladder's rungs, then "none")
+    probs: dict[str, float]  # per classifier level (the ladder's rungs, then "none"); empty for the paying rule
     success: dict[str, float]  # per rung: predicted P(the rung solves the prompt)
-    target: float
-    index: int  # the chosen rung
+    target: float | None  # the level rule's target; None under the paying rule
+    index: int  # the chosen rung (policy.REFUSE: none, by the paying rule's fallback)
     model: str
-    met: bool  # False: no rung reached the target, so the largest was chosen
+    met: bool  # False: no rung reached the target (or every rung was predicted hopeless): the fallback
+    lam: float | None = None  # the paying rule's price of quality
+    unit_cost: tuple[float, ...] = ()  # the paying rule's cost per call of each rung, largest = 1
 
     @property
     def level(self) -> str:
-        """The most likely level (a rung's name, or "none")."""
+        """The most likely level (a rung's name, or "none"); under the paying rule, the chosen rung."""
+        if not self.probs:
+            return self.model
         return max(self.probs, key=self.probs.__getitem__)
 
     def explain(self, ladder: list[ModelSpec]) -> str:
+        if self.lam is not None:
+            return self._explain_paying()
         spec = ladder[self.index]
         price = f"${spec.price.input:g}/${spec.price.output:g} per 1M input/output tokens"
         if not self.met:
@@ -58,9 +64,73 @@ class Decision:
         return (f"{self.model} is predicted to succeed with {self.success[self.model]:.3f} >= target "
                 f"{self.target:g}{why}; price {price}")
 
+    def _explain_paying(self) -> str:
+        values = ", ".join(f"{m} {s:.3f} - {self.lam:g} x {u:.3g}" for (m, s), u in zip(self.success.items(),
+                                                                                      self.unit_cost))
+        if self.index < 0:
+            return f"every rung is predicted to fail ({values}); refused (train.router.fallback: refuse)"
+        if not self.met:
+            return f"every rung is predicted to fail ({values}); the fallback rung {self.model}"
+        return f"{self.model} has the best predicted success minus price of quality x cost ({values})"
+
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "index": self.index, "level": self.level, "target": self.target,
-                "met": self.met, "probs": self.probs, "success": self.success}
+        out = {"model": self.model, "index": self.index, "level": self.level, "target": self.target,
+               "met": self.met, "probs": self.probs, "success": {m: round(p, 6) for m, p in self.success.items()}}
+        return out if self.lam is None else {**out, "lam": self.lam}
+
+
+class PayingRule:
+    """The router that pays (models/router, see routers.py): its success model's columns are the
+    rungs; a request is routed by policy.choose and, when it carries tests, escalated by the learned
+    gate (policy.escalate): the code evaluate replays offline."""
+
+    def __init__(self, spec: Any, model: Any) -> None:
+        self.spec, self.model = spec, model
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.model.predict(texts), dtype=np.float64)
+
+    def decide(self, success_row: np.ndarray | list[float], ladder: list[ModelSpec], verified: bool) -> Decision:
+        """Prompt-only routing uses the rule's lambda; a request with tests starts the verified
+        cascade, at the cascade's lambda (both chosen by cross-validation in `train`)."""
+        from dataclasses import replace
+
+        from complexitynet import policy
+
+        row = np.asarray(success_row, dtype=np.float64).ravel()
+        rule = replace(self.spec.rule, lam=self.spec.cascade_lam if verified else self.spec.rule.lam)
+        index = int(policy.choose(row[None, :], self.spec.unit_cost, rule)[0])
+        names = [m.name for m in ladder]
+        return Decision(probs={}, success=dict(zip(names, row.tolist())), target=None, index=index,
+                        model=names[index] if index >= 0 else "refused",
+                        met=bool(row.max() >= rule.hopeless_below), lam=rule.lam,
+                        unit_cost=tuple(self.spec.unit_cost))
+
+    def escalate(self, decision: Decision, rung: int, visible_frac: float) -> bool:
+        from complexitynet import policy
+
+        return policy.escalate(self.spec.gate, list(decision.success.values()), rung, visible_frac,
+                               self.spec.unit_cost, decision.lam)
+
+
+def load_paying(path: str, ladder_name: str, ladder: list[ModelSpec], threads: int = 0) -> PayingRule:
+    """models/router as `train` wrote it; its rungs must map one to one onto the serving ladder's."""
+    from complexitynet.routers import load_router
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        spec, model = load_router(path)
+    except DataError as exc:
+        raise ConfigError(f"serve.router '{path}': {exc}; or set serve.router: null to serve the level "
+                          "classifier (serve.classifier)") from None
+    if len(spec.models) != len(ladder):
+        raise ConfigError(f"serve.router '{path}' predicts {len(spec.models)} rungs ({', '.join(spec.models)}) but "
+                          f"ladder '{ladder_name}' has {len(ladder)}; serve a ladder with {len(spec.models)} rungs, "
+                          "cheapest first, or retrain on a ladder of that size")
+    return PayingRule(spec, model)
 
 
 def decide(level_probs: np.ndarray | list[float], ladder: list[ModelSpec], classes: list[str], target: float) -> Decision:

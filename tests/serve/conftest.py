@@ -59,12 +59,32 @@ def tiny_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def paying_router(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/router as `train` saves it, with a success model that predicts 0.2, 0.6 and 0.9 for the
+    three rungs on every prompt. Prompt-only lambda 0.5 picks the middle rung; the cascade's lambda 5
+    starts at the cheapest, escalates to the middle one (0.6 - 5 x 0.1 > 0) and stops there
+    (0.9 - 5 x 1 < 0)."""
+    import numpy as np
+
+    from complexitynet import heads as H
+    from complexitynet import policy as P
+    from complexitynet.routers import RouterSpec, save_router
+
+    model = H.Calibrated(H.Heads(None).fit(["a prompt", "another prompt"], np.array([[0.2, 0.6, 0.9]] * 2)),
+                         [(1.0, 0.0)] * 3)
+    spec = RouterSpec(RUNGS, "tfidf", [0.01, 0.1, 1.0], P.Rule(0.5), 5.0, P.Gate(), "text", {"tfidf": {"lam": 0.5}})
+    out = tmp_path_factory.mktemp("router") / "router"
+    save_router(spec, {"tfidf": model}, out)
+    return out
+
+
 def router_params(classifier: Path, upstreams: list[tuple[str, str | None]], **serve: object) -> Params:
     """params.yaml with a `test` ladder whose rung i calls upstreams[i] = (base_url, api_key_env)."""
     ladder = [{"name": name, "provider": "openai", "price": {"input": 1.0 * 10**i, "output": 2.0 * 10**i},
                "openai": {"base_url": url, "model": f"m-{name}", "api_key_env": env}}
               for i, (name, (url, env)) in enumerate(zip(RUNGS, upstreams))]
-    overrides = {"ladders.test": ladder, "serve.ladder": "test", "serve.classifier": str(classifier),
+    overrides = {"ladders.test": ladder, "serve.ladder": "test", "serve.router": None, "serve.classifier": str(classifier),
                  "serve.target": 0.5, "serve.upstream_retries": 1, "serve.backoff_s": 0.01,
                  "serve.upstream_timeout_s": 2.0, "serve.verify.workers": 1}
     overrides.update({f"serve.{k}": v for k, v in serve.items()})

@@ -48,7 +48,7 @@ def serve_params(tmp_path, classifier, fake) -> None:
     raw["ladders"]["test"] = [{"name": f"r{i}", "provider": "openai", "price": {"input": i, "output": i},
                                "openai": {"base_url": fake.base_url, "model": f"m{i}", "api_key_env": None}}
                               for i in range(3)]
-    raw["serve"].update(ladder="test", classifier=str(classifier), target=0.0)
+    raw["serve"].update(ladder="test", router=None, classifier=str(classifier), target=0.0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
 

@@ -63,3 +63,28 @@ def test_a_passing_answer_stays_on_the_cheap_rung_and_a_concrete_model_is_not_es
                                                            extra_body={"complexitynet": TESTS})
     tried = raw.parse().model_extra["complexitynet"]["tried"]
     assert [(t["model"], t["result"]) for t in tried] == [("rung-medium", "tests_failed")]
+
+
+@pytest.fixture(params=backends())
+def paying_server(request, paying_router, tiny_baseline, fake):
+    if request.param == "none":
+        pytest.skip("no sandbox backend (Docker engine or bwrap): run `make sandbox`")
+    fake.faults, fake.reply = None, lambda body: RIGHT if body["model"] == "m-rung-large" else WRONG
+    params = router_params(tiny_baseline, [(fake.base_url, None)] * 3, router=str(paying_router),
+                           **{"verify.backend": request.param})
+    with RouterThread(params) as srv:
+        yield srv
+    fake.reply = None
+
+
+def test_the_paying_routers_gate_stops_where_the_next_rung_is_not_worth_its_price(paying_server):
+    """With tests, the cascade's lambda (5) starts at the cheapest rung; the gate escalates to the
+    middle one (0.6 - 5 x 0.1 > 0) but not to the largest (0.9 - 5 x 1 < 0), so the right answer the
+    largest would give is never bought: the best failing answer comes back."""
+    raw = paying_server.client().chat.completions.with_raw_response.create(
+        model="complexitynet", messages=PROMPT, extra_body={"complexitynet": TESTS})
+    assert raw.headers["x-complexitynet-tried"] == "rung-small,rung-medium"
+    assert raw.headers["x-complexitynet-model"] == "rung-medium" and raw.headers["x-complexitynet-lambda"] == "5"
+    tried = raw.parse().model_extra["complexitynet"]["tried"]
+    assert [t["result"] for t in tried] == ["tests_failed", "tests_failed"]
+    assert "the gate stops here" in tried[1]["detail"]

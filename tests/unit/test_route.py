@@ -175,3 +175,27 @@ def test_decide_picks_what_routing_choose_picks():
             assert d.index == int(choose(row[None, :], target)[0])
             assert decide(row.tolist(), ladder(), CLASSES, target) == d  # the router passes a list
             assert np.allclose(list(d.success.values()), success_probs(row[None, :])[0], atol=1e-6)
+
+
+def test_the_paying_rule_serves_the_decisions_evaluate_replays():
+    """serve (route.PayingRule) and evaluate (policy.choose / policy.cascade) share one decision."""
+    from complexitynet import policy as P
+    from complexitynet.route import PayingRule
+    from complexitynet.routers import RouterSpec
+
+    spec = RouterSpec(["a", "b", "c"], "tfidf", [0.01, 0.1, 1.0], P.Rule(0.4, "largest", 0.1), 2.0,
+                      P.Gate((1.0, -0.5, 2.0), -0.3), "text", {})
+    rule = PayingRule(spec, model=None)
+    rng = np.random.default_rng(3)
+    rows = rng.random((200, 3))
+    for verified, lam in ((False, 0.4), (True, 2.0)):
+        expected = P.choose(rows, spec.unit_cost, P.Rule(lam, "largest", 0.1))
+        decisions = [rule.decide(row, ladder(), verified) for row in rows]
+        assert [d.index for d in decisions] == expected.tolist()
+        assert all(d.lam == lam for d in decisions)
+    d = rule.decide(rows[0], ladder(), verified=True)
+    for rung, share in ((0, 0.0), (0, 0.5), (1, 1 / 3), (2, 0.0)):
+        assert rule.escalate(d, rung, share) == P.escalate(spec.gate, rows[0].tolist(), rung, share, spec.unit_cost, 2.0)
+    hopeless = rule.decide(np.array([0.05, 0.02, 0.09]), ladder(), verified=False)
+    assert (hopeless.model, hopeless.met) == ("c", False)
+    assert "every rung is predicted to fail" in hopeless.explain(ladder())

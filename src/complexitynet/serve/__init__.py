@@ -24,13 +24,20 @@ PR_SET_PDEATHSIG = 1  # prctl: the signal a process gets when its parent dies
 
 
 def build_router(params: Params, classifier: str | None = None, ladder: str | None = None):
-    """A Router for params.serve (classifier and ladder may be overridden), ready to be served."""
+    """A Router for params.serve (classifier and ladder may be overridden; a classifier given here
+    overrides serve.router too), ready to be served."""
     from complexitynet.route import FileClassifier, check_levels, default_target, load_router_classifier, serving_ladder
     from complexitynet.serve.batcher import SUB_BATCH
     from complexitynet.serve.router import Router
 
     cfg = params.serve
     name, rungs = serving_ladder(params, ladder, live=True)
+    if cfg.router is not None and classifier is None:  # the router that pays
+        from complexitynet.route import load_paying
+
+        paying = load_paying(cfg.router, name, rungs, cfg.torch_threads)
+        return Router(name, rungs, paying.spec.models, paying.predict_proba, None, f"lambda ({cfg.router})", cfg,
+                      params.execute, SUB_BATCH, None, paying)
     source = classifier or cfg.classifier
     clf = load_router_classifier(source, params.classes, cfg.torch_threads)
     check_levels(clf.classes, name, rungs, source)
@@ -63,8 +70,10 @@ def _serve_one(params: Params, classifier: str | None, ladder: str | None, host:
     router = build_router(params, classifier, ladder)
     for up_problem in _key_problems(router):
         log.warning("serve: %s", up_problem)
-    log.info("serve: ladder %s (%s), default target %g from %s; http://%s:%d/v1 (pid %d)", router.ladder_name,
-             ", ".join(router.models()), router.target, router.target_source, host, port, os.getpid())
+    rule = (f"the router that pays, {router.target_source}" if router.paying is not None
+            else f"default target {router.target:g} from {router.target_source}")
+    log.info("serve: ladder %s (%s), %s; http://%s:%d/v1 (pid %d)", router.ladder_name,
+             ", ".join(router.models()), rule, host, port, os.getpid())
     # The classifier and the libraries stay for the process's life: freezing them keeps the collector's
     # full passes from walking them again (~160k objects with the TF-IDF router: ~170 ms a pass on the
     # build machine, every request in flight stalled meanwhile; 0 ms once frozen).

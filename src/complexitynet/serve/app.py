@@ -97,8 +97,9 @@ def overloaded(router: Router, why: str) -> ApiError:
                     "server_error", "overloaded", headers={"Retry-After": str(router.cfg.retry_after_s)})
 
 
-async def plan_for(router: Router, body: dict[str, Any], arrived: float) -> Plan:
-    """Validate the request and decide where it goes (the classifier runs only for routed names)."""
+async def plan_for(router: Router, body: dict[str, Any], arrived: float, verified: bool = False) -> Plan:
+    """Validate the request and decide where it goes (the classifier runs only for routed names);
+    `verified`: the request carries tests."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("you must provide a model name ('complexitynet' routes)", "missing_model", "model")
@@ -113,10 +114,14 @@ async def plan_for(router: Router, body: dict[str, Any], arrived: float) -> Plan
     if not routed:
         return Plan(index, index + 1)
     try:
-        decision = await router.decide(text, target)
+        decision = await router.decide(text, target, verified)
     except Overloaded:
         raise overloaded(router, "classifier queue full") from None
     router.metrics.routing_seconds.observe(time.perf_counter() - arrived)
+    if decision.index < 0:
+        raise ApiError(422, f"no model is predicted to solve this prompt and the router refuses such prompts "
+                       f"(train.router.fallback: refuse): {decision.explain(router.ladder)}", "invalid_request_error",
+                       "refused")
     return Plan(decision.index, len(router.ladder), decision)
 
 
@@ -124,7 +129,10 @@ def route_headers(plan: Plan, model: str, tried: list[Attempt]) -> dict[str, str
     headers = {"x-complexitynet-model": model, "x-complexitynet-tried": ",".join(a.model for a in tried)}
     if plan.decision is not None:
         headers["x-complexitynet-level"] = plan.decision.level
-        headers["x-complexitynet-target"] = f"{plan.decision.target:g}"
+        if plan.decision.target is not None:
+            headers["x-complexitynet-target"] = f"{plan.decision.target:g}"
+        if plan.decision.lam is not None:
+            headers["x-complexitynet-lambda"] = f"{plan.decision.lam:g}"
     return headers
 
 
@@ -152,7 +160,7 @@ async def _chat(request: web.Request, router: Router, arrived: float) -> web.Str
         tests = parse_tests(body.pop("complexitynet", None))
     except (TypeError, ValueError) as exc:
         raise bad_request(str(exc), "invalid_tests", "complexitynet") from None
-    plan = await plan_for(router, body, arrived)
+    plan = await plan_for(router, body, arrived, tests is not None)
     stream = bool(body.get("stream"))
     keep_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
     try:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from complexitynet.config import Execute, ModelSpec, Serve
-from complexitynet.route import Decision, decide, parse_model
+from complexitynet.policy import pick_answer
+from complexitynet.route import Decision, PayingRule, decide, parse_model
 from complexitynet.serve.batcher import SUB_BATCH, MicroBatcher, Predict, PredictOne
 from complexitynet.serve.http1 import Client, Response
 from complexitynet.serve.metrics import Metrics
@@ -61,9 +62,10 @@ class Plan:
 
 class Router:
     def __init__(self, ladder_name: str, ladder: list[ModelSpec], classes: list[str], predict: Predict,
-                 target: float, target_source: str, cfg: Serve, execute: Execute, sub_batch: int = SUB_BATCH,
-                 inline: PredictOne | None = None) -> None:
+                 target: float | None, target_source: str, cfg: Serve, execute: Execute, sub_batch: int = SUB_BATCH,
+                 inline: PredictOne | None = None, paying: PayingRule | None = None) -> None:
         self.ladder_name, self.ladder, self.classes = ladder_name, ladder, classes
+        self.paying = paying  # the router that pays; None: the level classifier's target rule
         self.target, self.target_source, self.cfg = target, target_source, cfg
         self.index = {m.name: i for i, m in enumerate(ladder)}
         self.metrics = Metrics()
@@ -87,9 +89,14 @@ class Router:
             await self.client.close()
         self.verifier.close()
 
-    async def decide(self, text: str, target: float | None) -> Decision:
+    async def decide(self, text: str, target: float | None, verified: bool = False) -> Decision:
+        """The routing decision; `verified`: the request carries tests (the paying rule then starts
+        the verified cascade)."""
         probs = await self.batcher.submit(text)
-        decision = decide(probs, self.ladder, self.classes, self.target if target is None else target)
+        if self.paying is not None:
+            decision = self.paying.decide(probs, self.ladder, verified)
+        else:
+            decision = decide(probs, self.ladder, self.classes, self.target if target is None else target)
         self.metrics.routed.labels(decision.model).inc()
         return decision
 
@@ -99,6 +106,9 @@ class Router:
     def resolve(self, model: str) -> tuple[bool, float | None, int]:
         """(routed, target, rung index) for a request's model name; UnknownModel or ValueError if bad."""
         routed, target = parse_model(model)
+        if routed and target is not None and self.paying is not None:
+            raise ValueError(f"model '{model}': this router routes by the price of quality it learned "
+                             f"(serve.router), not by a target; use '{model.split(':')[0]}'")
         if routed:
             return True, target, 0
         if model not in self.index:
@@ -108,9 +118,11 @@ class Router:
 
     async def answer(self, request: dict[str, Any], plan: Plan, tests: TestSpec | None) -> Answer:
         """The first rung's answer that arrives (and passes `tests`, when given), escalating up the
-        plan's rungs; when every answer fails the tests, the last answer comes back."""
+        plan's rungs (under the paying rule, while its gate says the next rung is worth its price);
+        when no answer passes, the one that passed the most tests (policy.pick_answer) comes back."""
         tried: list[Attempt] = []
         last: Answer | None = None
+        failed: dict[int, tuple[float, Answer]] = {}  # rung -> (share of tests passed, answer)
         for i in range(plan.start, plan.stop):
             up = self.upstreams[i]
             data = await self._call(up, up.complete(up.body_for(request)), i, plan, tried)
@@ -128,10 +140,20 @@ class Router:
             if outcome.status == "pass":
                 tried.append(Attempt(up.name, "tests_passed", detail))
                 return last
+            share = outcome.tests_passed / max(outcome.tests_total, 1)
+            failed[i] = (share, last)
+            if self.paying is not None and plan.decision is not None and i + 1 < plan.stop \
+                    and not self.paying.escalate(plan.decision, i, share):
+                tried.append(Attempt(up.name, "tests_failed", f"{outcome.status}: {detail}; the gate stops here "
+                                     "(the next rung is not worth its price)"))
+                break
             tried.append(Attempt(up.name, "tests_failed", f"{outcome.status}: {detail}"))
             self._escalating(up.name, "tests_failed", i, plan)
         if last is None:
             raise AllFailed(tried)
+        if failed:
+            best = failed[pick_answer([(i, share) for i, (share, _) in failed.items()])][1]
+            return Answer(best.data, best.upstream, tried)
         return last
 
     async def open_stream(self, request: dict[str, Any], plan: Plan) -> tuple[Response, Upstream, list[Attempt]]:
