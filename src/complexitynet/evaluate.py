@@ -217,7 +217,48 @@ def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, ro
     out["curves"]["cascade"] = [
         _point((r := P.cascade(chosen, rec, replace(spec.rule, lam=x), spec.gate, spec.unit_cost)).quality, r.cost,
                largest) for x in P.lambda_grid()]
+    out["curve_scores"] = {name: _curve_scores(curve, quality, cost) for name, curve in out["curves"].items()}
+    out["curve_scores"]["ladder"] = _curve_scores([_point(quality[:, j], cost[:, j], largest) for j in range(models)],
+                                                  quality, cost)
     return out
+
+
+def _curve_scores(curve: list[tuple[float, float]], quality: np.ndarray, cost: np.ndarray) -> dict[str, float]:
+    """AIQ and APGR of a lambda sweep's own hull: unlike `curves`, the ladder's points are not added,
+    so a router can score below the ladder (the ladder's own values are the reference)."""
+    largest = cost[:, -1].sum()
+    points = [R.Point(q, c * largest) for c, q in curve]
+    ladder = [R.Point(float(quality[:, j].mean()), float(cost[:, j].sum())) for j in range(quality.shape[1])]
+    weak, strong = ladder[0], ladder[-1]
+    xs, ys = R.pgr_curve(points, weak, strong)
+    grid = np.linspace(0.0, 1.0, 2001)
+    return {"aiq": R.aiq(points, weak.cost, strong.cost),
+            "apgr": float(np.trapezoid(np.nan_to_num(R.hull(xs, ys)(grid), nan=0.0), grid))}
+
+
+def trials_study(spec: RouterSpec, tv_texts: list[str], rec_tv: P.Recorded, te_texts: list[str], rec_te: P.Recorded,
+                 router_cfg: Any, train_cfg: Any, rounds: int, seed: int) -> dict[str, Any]:
+    """With K > 1 recorded trials per (prompt, model): labels and success models from the first k
+    trials, k = 1..K. Per k: how often the k-trial label equals the K-trial label (all prompts), and
+    the chosen candidate refitted on k-trial pass rates (k-fold CV on train + validation, lambda
+    chosen out of fold), routing the test prompts judged against all K trials."""
+    from complexitynet.routers import select_router
+
+    trials = rec_tv.truth.shape[2]
+    cfg = router_cfg.model_copy(update={"candidates": [spec.candidate]})
+    final = np.concatenate([rec_tv.labels(), rec_te.labels()])
+    rows = []
+    for k in range(1, trials + 1):
+        sub = rec_tv.first(k)
+        labels = np.concatenate([sub.labels(), rec_te.first(k).labels()])
+        spec_k, fitted = select_router(tv_texts, sub.quality, sub, spec.models, cfg, train_cfg, seed)
+        choices = P.choose(fitted[spec.candidate].predict(te_texts), spec_k.unit_cost, spec_k.rule)
+        shares = np.bincount(choices[choices >= 0], minlength=len(spec.models)) / len(choices)
+        q_pp, c_pp = P.per_prompt(choices, rec_te.quality, rec_te.cost)
+        rows.append({"k": k, "label_agreement": float((labels == final).mean()), "lam": spec_k.rule.lam,
+                     "cv_margin": spec_k.candidates[spec.candidate]["routing_margin"],
+                     **P.judge(q_pp, c_pp, shares, rec_te.quality, rec_te.cost, rounds, seed)})
+    return {"trials": trials, "candidate": spec.candidate, "prompts": len(final), "rows": rows}
 
 
 def _point(q_pp: np.ndarray, c_pp: np.ndarray, largest: float) -> tuple[float, float]:

@@ -110,7 +110,18 @@ class Recorded:
     @property
     def quality(self) -> np.ndarray:
         """[prompt, model] pass rate over the recorded trials (0 where none)."""
-        return self.truth.sum(axis=2) / np.maximum(self.present.sum(axis=2), 1)
+        return (self.truth & self.present).sum(axis=2) / np.maximum(self.present.sum(axis=2), 1)
+
+    def first(self, k: int) -> Recorded:
+        """The same prompts with only the first k trials (costs and seconds stay per-call means)."""
+        return Recorded(self.task_ids, self.visible[:, :, :k], self.visible_frac[:, :, :k], self.truth[:, :, :k],
+                        self.present[:, :, :k], self.cost, self.seconds)
+
+    def labels(self) -> np.ndarray:
+        """The threshold rule's label per prompt: the cheapest rung whose every recorded trial passes
+        (L = none)."""
+        solves = (self.truth | ~self.present).all(axis=2) & self.present.any(axis=2)
+        return np.where(solves.any(axis=1), solves.argmax(axis=1), solves.shape[1])
 
 
 @dataclass
@@ -203,8 +214,10 @@ def best_lambda(run: Callable[[float], tuple[np.ndarray, np.ndarray]], lams: Seq
     return max(scored, key=lambda s: s[0])[1]
 
 
-def lambda_grid(points: int = 41) -> np.ndarray:
-    """0 (quality at any price), then log-spaced from 0.001 to 100 (the cheapest rung almost always)."""
+def lambda_grid(points: int = 121) -> np.ndarray:
+    """0 (quality at any price), then log-spaced from 0.001 to 100 (the cheapest rung almost always),
+    10% apart: the cascade's gate probabilities sit in a narrow band, so a coarser grid jumps over
+    most of its curve."""
     return np.concatenate([[0.0], np.geomspace(1e-3, 100.0, points - 1)])
 
 

@@ -83,10 +83,30 @@ def _paying(r: dict[str, Any]) -> list[str]:
                      f"{_pct(p['cost_vs_largest']['value'])} | {100 * p['margin_over_hull']['value']:+.1f} "
                      f"{_pts(p['margin_over_hull']['ci95'])} | {100 * p['margin_over_random']['value']:+.1f} "
                      f"{_pts(p['margin_over_random']['ci95'])} |")
+    scores = pay.get("curve_scores", {})
+    if scores:
+        lines += ["", "AIQ and APGR of each lambda sweep's own hull (the ladder's points not added, so a router can "
+                  f"score below the ladder's own {_num(scores['ladder']['aiq'])} / {_num(scores['ladder']['apgr'])}): "
+                  + "; ".join(f"`{n}` {_num(v['aiq'])} / {_num(v['apgr'])}" for n, v in scores.items() if n != "ladder")
+                  + "."]
     lines += ["", "Margins are in points of pass rate, with 95% paired bootstrap intervals over test prompts (the "
               "ladder's hull re-measured on every resample). `cascade:every_rung` starts at the cheapest model and "
               "escalates on every visible-test failure. Cascades pay every model they call; the answer returned is "
               "the first that passes the visible tests, else the one that passed most of them.", ""]
+    study = pay.get("trials_study")
+    if study:
+        lines += ["", f"### Trials: labels and success models from k of {study['trials']} recorded trials", "",
+                  f"Label agreement: share of all {study['prompts']} prompts whose k-trial label (every trial passes) "
+                  f"equals the {study['trials']}-trial label. Router: `{study['candidate']}` refitted on k-trial pass "
+                  f"rates (lambda by cross-validation), routing the test prompts judged on all {study['trials']} trials.",
+                  "", "| k | label agreement | lambda | cross-validated margin | test pass rate | cost vs largest | "
+                  "margin over hull |", "|---|---|---|---|---|---|---|"]
+        for row in study["rows"]:
+            lines.append(f"| {row['k']} | {_pct(row['label_agreement'])} | {row['lam']:.3g} | "
+                         f"{100 * row['cv_margin']:+.1f} | {_pct(row['pass_rate']['value'])} "
+                         f"{_ci(row['pass_rate']['ci95'])} | {_pct(row['cost_vs_largest']['value'])} | "
+                         f"{100 * row['margin_over_hull']['value']:+.1f} {_pts(row['margin_over_hull']['ci95'])} |")
+        lines.append("")
     return lines
 
 

@@ -366,9 +366,20 @@ def _paying(params: Params, paths: Paths, problems: list, labels: list, samples:
     text = {p.task_id: getattr(p, spec.input) for p in problems}
     texts = [text[t] for t in task_ids]
     success = {name: load_router(paths.router, name)[1].predict(texts) for name in spec.candidates}
-    rec = recorded(task_ids, {lab.task_id: lab for lab in labels}, samples, verdicts, models,
-                   params.label.k[params.base.dataset], params.label.truth)
-    return paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed)
+    by_id, k = {lab.task_id: lab for lab in labels}, params.label.k[params.base.dataset]
+    rec = recorded(task_ids, by_id, samples, verdicts, models, k, params.label.truth)
+    out = paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed)
+    if k > 1:  # the paper's "several trials" question, measured
+        from complexitynet.evaluate import trials_study
+        from complexitynet.train import training_data
+
+        data = training_data(problems, labels, spec.input, params.train.max_train)
+        ids = data["train"].task_ids + data["validation"].task_ids
+        rec_tv = recorded(ids, by_id, samples, verdicts, models, k, params.label.truth)
+        out["trials_study"] = trials_study(spec, data["train"].texts + data["validation"].texts, rec_tv, texts, rec,
+                                           params.train.router, params.train, params.evaluate.bootstrap,
+                                           params.base.seed)
+    return out
 
 
 def _log_evaluation(params: Params, result: dict, paths: Paths) -> None:

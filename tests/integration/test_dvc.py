@@ -31,6 +31,18 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     assert "MBPP/6#0" in execute["gpt-4-1106-preview"]["source_flags"]["examples"]["ours_pass_source_fail"]
     assert sum(execute["gpt-4-1106-preview"]["hidden"]["status"].values()) == 973
     first = tree_digest(root / "data") | tree_digest(root / "metrics")
+    # MLflow: every success-model candidate and every policy is a run with the same metric names
+    import mlflow
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("complexitynet").experiment_id])
+    by_kind = {kind: [r for r in runs if r.data.tags.get("kind") == kind] for kind in ("router", "policy")}
+    assert sorted(r.data.params["candidate"] for r in by_kind["router"]) == ["ensemble", "knn", "minilm", "tfidf"]
+    assert all({"cv_routing_margin", "cv_aiq", "cv_auc_gpt-4-1106-preview"} <= set(r.data.metrics)
+               for r in by_kind["router"])
+    assert {r.data.params["policy"] for r in by_kind["policy"]} >= {"cascade", "cascade:every_rung", "router:tfidf"}
+    assert all({"test_margin_over_hull", "test_margin_over_hull_lo", "test_pass_rate"} <= set(r.data.metrics)
+               for r in by_kind["policy"])
 
     again = run([*dvc, "repro"], root, env)
     assert "Running stage" not in again
@@ -69,3 +81,5 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     evaluation = json.loads((root / "metrics/eval.json").read_text())
     assert evaluation["n_test"] == 33 and evaluation["models"] == ["codellama-7b-instruct", "gpt-3.5-turbo", "gpt-4o"]
     assert "# ComplexityNet evaluation: humaneval" in (root / "reports/report.md").read_text()
+    study = evaluation["paying"]["trials_study"]  # k = 1..5 trials, measured
+    assert [row["k"] for row in study["rows"]] == [1, 2, 3, 4, 5] and study["rows"][-1]["label_agreement"] == 1.0

@@ -53,3 +53,16 @@ def test_report_shows_cross_validation():
     result["cross_validation"] = {"folds": 5, "n": 464, "lora": score, "tfidf_lr": score}
     text = render(result, "mbpp", "test", "threshold")
     assert "## Cross-validation (5 folds over 464 non-test prompts)" in text and "| lora | 0.500 ± 0.100" in text
+
+
+def test_a_sweeps_own_scores_can_fall_below_the_ladders():
+    from complexitynet.evaluate import _curve_scores
+
+    quality = np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 1.0]])  # cheap 25%, large 75%
+    cost = np.tile([1.0, 10.0], (4, 1))
+    ladder = _curve_scores([(0.1, 0.25), (1.0, 0.75)], quality, cost)
+    worse = _curve_scores([(0.1, 0.25), (0.9, 0.3), (1.0, 0.5)], quality, cost)  # under the ladder's chord
+    better = _curve_scores([(0.1, 0.25), (0.3, 0.75)], quality, cost)  # the large model's quality for 30%
+    assert worse["aiq"] < ladder["aiq"] < better["aiq"]
+    assert worse["apgr"] < ladder["apgr"] < better["apgr"]
+    assert ladder["apgr"] == pytest.approx(0.5, abs=1e-3)  # PGR rises linearly from 0 to 1 with cost

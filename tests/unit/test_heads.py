@@ -134,3 +134,27 @@ def test_loading_a_missing_router_says_what_to_run(tmp_path):
     save_router(spec, {}, tmp_path / "r")
     with pytest.raises(DataError, match="tfidf.joblib does not exist"):
         load_router(tmp_path / "r")
+
+
+def test_trials_study_refits_on_k_trials_and_judges_on_all(monkeypatch):
+    from complexitynet.evaluate import trials_study
+
+    monkeypatch.setattr(H, "Embedder", lambda *a, **k: WordEmbedder())
+    texts, targets, _ = dataset(90, seed=2)
+    rng = np.random.default_rng(0)
+    noisy = (targets[:, :, None] >= 0.5) & (rng.random((90, 3, 4)) < 0.8)  # 4 trials, each passes 80% of the time
+    rec = P.Recorded([str(i) for i in range(90)], noisy.astype(np.int8), noisy.astype(float), noisy,
+                     np.ones_like(noisy), np.tile([0.1, 1.0, 10.0], (90, 1)), np.full((90, 3), 0.01))
+    tv, te = slice(0, 60), slice(60, 90)
+
+    def part(s):
+        return P.Recorded(rec.task_ids[s], rec.visible[s], rec.visible_frac[s], rec.truth[s], rec.present[s],
+                          rec.cost[s], rec.seconds[s])
+
+    spec = RouterSpec(["s", "m", "l"], "tfidf", [0.01, 0.1, 1.0], P.Rule(0.1), 0.1, P.Gate(), "text", {})
+    cfg = Train().router.model_copy(update={"folds": 3})
+    study = trials_study(spec, texts[tv], part(tv), texts[te], part(te), cfg, Train(), 200, 0)
+    rows = study["rows"]
+    assert [r["k"] for r in rows] == [1, 2, 3, 4] and study["prompts"] == 90
+    assert rows[-1]["label_agreement"] == 1.0 and rows[0]["label_agreement"] < 1.0
+    assert all({"pass_rate", "margin_over_hull", "cv_margin", "lam"} <= set(r) for r in rows)

@@ -122,3 +122,17 @@ def test_judge_gives_paired_intervals():
     assert largest["margin_over_hull"]["value"] == pytest.approx(0.0, abs=1e-12)
     assert largest["margin_over_random"]["ci95"] == [0.0, 0.0]
     assert largest["cost_vs_largest"]["value"] == pytest.approx(1.0)
+
+
+def test_first_k_trials_and_the_threshold_labels():
+    truth = np.array([[[1, 1, 0], [1, 1, 1]],  # rung 0 passes 2 of 3 trials, rung 1 all
+                      [[0, 0, 0], [1, 0, 1]]], bool)  # nobody passes every trial
+    present = np.ones_like(truth)
+    present[1, 1, 2] = False  # rung 1's third trial on prompt 1 was never recorded
+    rec = P.Recorded(["a", "b"], np.zeros(truth.shape, np.int8), np.zeros(truth.shape), truth, present,
+                     np.ones((2, 2)), np.zeros((2, 2)))
+    assert rec.labels().tolist() == [1, 2]
+    assert rec.first(1).labels().tolist() == [0, 1]
+    assert rec.first(2).labels().tolist() == [0, 2]
+    assert rec.first(2).quality.tolist() == [[1.0, 1.0], [0.0, 0.5]]
+    assert rec.quality[1].tolist() == [0.0, 0.5]  # the missing trial counts neither way
