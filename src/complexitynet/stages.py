@@ -168,12 +168,17 @@ class SandboxConfig:
         return dataclasses.replace(self, backend=resolve_backend(self.backend))
 
     def fingerprint(self) -> str:
-        """What a verdict depends on besides code and tests: the image, limits and timeouts."""
+        """What a verdict depends on besides code and tests: the image (runner and Dockerfile), the
+        trusted harness and protocol that judge, limits and timeouts."""
+        import hashlib
+
+        from complexitynet.sandbox import harness, protocol
         from complexitynet.sandbox.backends import Limits
         from complexitynet.sandbox.harness import Timeouts
         from complexitynet.sandbox.image import image_name
 
-        return json.dumps([image_name(), dataclasses.asdict(Limits(**self.limits)),
+        judge = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (harness, protocol))).hexdigest()[:12]
+        return json.dumps([image_name(), judge, dataclasses.asdict(Limits(**self.limits)),
                            dataclasses.asdict(Timeouts(**self.timeouts))])
 
     def open_pool(self, workers: int | None = None):

@@ -241,6 +241,38 @@ CASES = {
                 pass
         def f():
             return 0""", None, None, ANY_FAILURE),
+    # --- names the solution defines or picks (the tests' namespace) ----------------------------
+    "shadows a builtin the tests use": ("""
+        def abs(x):
+            return 0
+        def f():
+            return 7""", ["assert abs(f() - 8) < 1e-9"], None, {"fail"}),
+    "shadows sorted and len": ("""
+        def sorted(x, **kw):
+            return [1, 2]
+        def len(x):
+            return 2
+        def f():
+            return [3, 1]""", ["assert sorted(f()) == [1, 2]", "assert len(f()) == 2"], None, {"fail"}),
+    "a fake math whose isclose always agrees": ("""
+        import types
+        math = types.ModuleType('json')
+        math.isclose = lambda *a, **k: True
+        def f():
+            return 7""", ["assert math.isclose(f(), 8)"], None, {"fail"}),
+    "a module object named after no module": ("""
+        import types
+        m = types.ModuleType('os.no_such_submodule')
+        def f():
+            return 8""", ["assert f() == 8"], None, {"pass"}),  # the harness imports nothing it names
+    "HumanEval check with a shadowed builtin": ("""
+        def abs(x):
+            return 0
+        def add(a, b):
+            return a - b""", None, """
+        def check(candidate):
+            assert abs(candidate(2, 3) - 5) < 1e-6
+        """, {"fail"}),
     "HumanEval check with a forged __eq__": ("""
         class Always:
             def __eq__(self, other): return True

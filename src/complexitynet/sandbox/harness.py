@@ -175,11 +175,20 @@ class Remote:
         return id(self)
 
 
-def namespace(conn: Connection, names: dict[str, Any]) -> dict[str, Any]:
-    """The tests' globals: proxies for the solution's names, real stdlib modules it imported."""
+def namespace(conn: Connection, names: dict[str, Any], sources: list[str], entry_point: str) -> dict[str, Any]:
+    """The tests' globals. From the solution only the entry point and the other names the tests read
+    (MBPP/601's `Pair`, HumanEval/32's `poly`), as proxies; a name the tests read that is a builtin
+    stays the trusted builtin, so a solution that also defines `abs` or `sorted` cannot make the
+    tests compare its output with itself. A stdlib module name the solution imported (MBPP's tests
+    call `math.isclose` on the solution's `import math`) binds the real module of that name, which
+    the tests' text chose: the harness never imports a name the solution picked."""
     ns: dict[str, Any] = {"__builtins__": builtins, "__name__": "__tests__"}
-    for name, info in names.items():
+    wanted = _names_read(sources) | {entry_point}
+    for name in sorted(wanted & set(names)):
+        info = names[name]
         kind = info.get("kind") if isinstance(info, dict) else None
+        if name != entry_point and hasattr(builtins, name):
+            continue
         if kind == "callable":
             ns[name] = RemoteFunction(conn, name)
         elif kind == "value":
@@ -187,11 +196,27 @@ def namespace(conn: Connection, names: dict[str, Any]) -> dict[str, Any]:
                 ns[name] = P.decode(info.get("value"), conn.deref)
             except P.ProtocolError:
                 continue
-        elif kind == "module":
-            module = str(info.get("module", ""))
-            if module.split(".")[0] in sys.stdlib_module_names:  # the tests may use `math` the solution imported
-                ns[name] = importlib.import_module(module)
+        elif kind == "module" and name in sys.stdlib_module_names:
+            try:
+                ns[name] = importlib.import_module(name)
+            except ImportError:  # a stdlib module this platform lacks (winreg, msvcrt)
+                continue
     return ns
+
+
+def _names_read(sources: list[str]) -> set[str]:
+    """Every bare name the tests' source reads (a test that does not parse reads none: it fails
+    on its own when run)."""
+    import ast
+
+    found: set[str] = set()
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        found.update(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
+    return found
 
 
 def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
@@ -215,7 +240,7 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
         if tests.cases is not None:
             failures = _run_cases(conn, timeouts, tests.cases, entry_point, names)
         elif tests.check is None:
-            ns = namespace(conn, names)
+            ns = namespace(conn, names, tests.asserts, entry_point)
             for i, source in enumerate(tests.asserts):
                 ok, why = _run_one(conn, timeouts, lambda src=source: exec(compile(src, "<test>", "exec"), ns))
                 if ok:
@@ -223,7 +248,7 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
                 else:
                     failures[i] = why
         else:
-            ns = namespace(conn, names)
+            ns = namespace(conn, names, [tests.check], entry_point)
             exec(compile(tests.check, "<check>", "exec"), ns)
             candidate = ns.get(entry_point)
             if candidate is None:
