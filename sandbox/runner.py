@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import protocol as P  # noqa: E402
 
 SCRATCH = os.environ.get("SANDBOX_SCRATCH", "/tmp")
+SHARED = ("/dev/shm", "/dev/mqueue")  # shared memory and POSIX message queues: wiped like the scratch dir
 PR_SET_DUMPABLE = 4
 MAX_CASE_TIMEOUTS = 1  # input/output cases out of CPU time before the rest of a suite is skipped
 
@@ -231,26 +232,45 @@ class Supervisor:
         """Send one request to the child and wait for its answer, at most timeout_s seconds."""
         if self.child_pid is None:
             return {"ok": False, "status": "gone", "detail": "no solution process"}
+        deadline = time.monotonic() + timeout_s
         try:
+            self.sock.settimeout(max(timeout_s, 0.001))  # a child that stops reading cannot stall us
             P.write_message(self.stream, message)
         except (BrokenPipeError, ConnectionResetError):
             return self.child_gone()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        except TimeoutError:
+            self.kill_all()
+            return {"ok": False, "status": "timeout", "detail": f"no answer within {timeout_s:g}s"}
+        try:
+            header = self._read_before(P.HEADER_SIZE, deadline)
+            body = self._read_before(P.message_size(header), deadline) if header is not None else None
+            if body is None:
                 self.kill_all()
                 return {"ok": False, "status": "timeout", "detail": f"no answer within {timeout_s:g}s"}
-            ready, _, _ = select.select([self.sock], [], [], remaining)
-            if ready:
-                break
-        try:
-            return P.read_message(self.stream)
+            return P.unpack(body)
         except (EOFError, ConnectionResetError):
             return self.child_gone()
         except P.ProtocolError as exc:
             self.kill_all()
             return {"ok": False, "status": "protocol", "detail": str(exc)}
+
+    def _read_before(self, n: int, deadline: float) -> bytes | None:
+        """n bytes from the child, or None when the deadline passes first: a child that sends half a
+        message and stops is out of time like one that sends nothing."""
+        chunks, missing = [], n
+        while missing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self.sock], [], [], remaining)
+            if not ready:
+                continue
+            chunk = self.sock.recv(min(missing, 1 << 20))
+            if not chunk:
+                raise EOFError("the child closed its socket")
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return b"".join(chunks)
 
     def child_gone(self) -> dict:
         """The child died: report how (a signal is a crash; SIGXCPU is the CPU-time limit)."""
@@ -289,7 +309,9 @@ class Supervisor:
     def stop(self) -> dict:
         had_child = self.child_pid is not None
         stray = max(self.kill_all() - (1 if had_child else 0), 0)
-        _wipe(SCRATCH)
+        for root in (SCRATCH, *SHARED):
+            if os.path.isdir(root) and os.access(root, os.W_OK):
+                _wipe(root)
         return {"ok": True, "stray": stray}
 
     def run(self) -> None:

@@ -75,3 +75,22 @@ def test_framing_round_trip_and_limits():
         P.message_size((P.MAX_MESSAGE + 1).to_bytes(4, "big"))
     with pytest.raises(P.ProtocolError, match="malformed"):
         P.unpack(b"{not json")
+
+
+def test_json_nested_thousands_deep_is_a_protocol_error_not_a_crash():
+    deep = b'{"ok": true, "value": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    with pytest.raises(P.ProtocolError, match="nested too deeply"):
+        P.unpack(deep)
+
+
+def test_a_set_built_to_collide_in_hash_is_refused_in_linear_time():
+    modulus = (1 << 61) - 1  # int hashes are taken modulo this prime: its multiples all hash to 0
+    colliding = [k * modulus for k in range(1, 50_001)]
+    assert len({hash(x) for x in colliding}) == 1
+    for tag in ("S", "F", "d"):
+        value = ["d", [[["i", hex(x)], ["n"]] for x in colliding]] if tag == "d" else \
+            [tag, [["i", hex(x)] for x in colliding]]
+        with pytest.raises(P.ProtocolError, match="sharing one hash"):
+            P.decode(value)
+    ordinary = P.decode(P.encode(set(range(50_000))))  # distinct hashes: built as usual
+    assert ordinary == set(range(50_000))

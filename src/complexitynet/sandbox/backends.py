@@ -135,7 +135,8 @@ class BwrapSession(Session):
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
             "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
-            "--ro-bind", self._dir, "/sandbox", "--setenv", "PATH", "/usr/bin",
+            "--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/dev/shm",  # capped, wiped per sample
+            "--ro-bind", self._dir, "/sandbox", "--remount-ro", "/", "--setenv", "PATH", "/usr/bin",
             "--setenv", "PYTHONHASHSEED", str(HASH_SEED), "--chdir", "/tmp",
             python, "-s", "-P", "/sandbox/runner.py",  # not -I, which ignores PYTHONHASHSEED
         ]
@@ -205,7 +206,9 @@ class DockerSession(Session):
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
                 user=f"{uid}:{uid}", cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 mem_limit=f"{limits.memory_mb + 256}m", memswap_limit=f"{limits.memory_mb + 256}m",
-                pids_limit=limits.nproc + 16, nano_cpus=1_000_000_000, init=True,
+                # No docker-init: the runner is pid 1 and not dumpable, so no process of the sample's
+                # uid can open /proc/1/fd and write into the protocol stream (docker-init's could).
+                pids_limit=limits.nproc + 16, nano_cpus=1_000_000_000, init=False,
                 environment={"PYTHONHASHSEED": str(HASH_SEED)}, labels={self.LABEL: str(os.getpid())}, ipc_mode="none",
             )
             self._sock = client.api.attach_socket(self.container.id, params={

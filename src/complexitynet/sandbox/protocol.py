@@ -42,6 +42,8 @@ def unpack(data: bytes) -> dict[str, Any]:
         message = json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"malformed message: {exc}") from None
+    except RecursionError:  # JSON nested thousands deep: the parser's own recursion
+        raise ProtocolError("malformed message: nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     return message
@@ -145,9 +147,13 @@ def decode(data: Any, from_ref: Deref | None = None, _depth: int = 0) -> Any:
         if tag == "y":
             return base64.b64decode(_text(args[0]), validate=True)
         if tag == "d":
-            return {sub(k): sub(v) for k, v in _items(args[0])}
+            pairs = [(sub(k), sub(v)) for k, v in _items(args[0])]
+            _few_collisions([k for k, _ in pairs])
+            return dict(pairs)
         if tag in ("l", "t", "S", "F"):
             items = [sub(v) for v in _items(args[0])]
+            if tag in ("S", "F"):
+                _few_collisions(items)
             return {"l": list, "t": tuple, "S": set, "F": frozenset}[tag](items)
         if tag in ("h", "B") and from_ref is not None:
             return from_ref(tag, args[0])
@@ -156,6 +162,22 @@ def decode(data: Any, from_ref: Deref | None = None, _depth: int = 0) -> Any:
     except (IndexError, TypeError, ValueError) as exc:  # unhashable key, bad hex, short list
         raise ProtocolError(f"malformed '{tag}' value: {exc}") from None
     raise ProtocolError(f"unknown value tag {tag!r}")
+
+
+MAX_SHARED_HASH = 64  # elements of one set or dict that may share a hash
+
+
+def _few_collisions(keys: list) -> None:
+    """Refuse a set or dict whose elements were chosen to share a hash: building it would take time
+    quadratic in its size (50,000 ints with one hash: ~100 s). Counting hashes is linear."""
+    if len(keys) <= MAX_SHARED_HASH:
+        return
+    counts: dict[int, int] = {}
+    for key in keys:
+        h = hash(key)  # TypeError (unhashable) is the caller's malformed value
+        counts[h] = counts.get(h, 0) + 1
+        if counts[h] > MAX_SHARED_HASH:
+            raise ProtocolError(f"a set or dict with more than {MAX_SHARED_HASH} elements sharing one hash")
 
 
 def _text(value: Any) -> str:
