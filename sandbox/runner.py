@@ -54,15 +54,21 @@ class Child:
             raise P.ProtocolError(f"unknown handle {payload!r}")
         return self.objects[payload]
 
-    def load(self, code: str, setup: str) -> dict:
+    def load(self, code: str, setup: str, cpu_s: float | None = None) -> dict:
         try:
             compiled = compile(code, "solution.py", "exec")
         except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
             return {"ok": False, "status": "error", "detail": _describe(exc)}
         try:
-            exec(compiled, self.globals)
-            if setup:
-                exec(compile(setup, "test_setup.py", "exec"), self.globals)
+            _cpu_timer(cpu_s)
+            try:
+                exec(compiled, self.globals)
+                if setup:
+                    exec(compile(setup, "test_setup.py", "exec"), self.globals)
+            finally:
+                _cpu_timer(None)
+        except CaseTimeout:
+            return _cpu_timeout(cpu_s)
         except BaseException as exc:  # noqa: BLE001 - the solution's own failure, reported as data
             return {"ok": False, "status": "error", "detail": _describe(exc)}
         names = {}
@@ -78,6 +84,18 @@ class Child:
         return {"ok": True, "names": names}
 
     def serve(self, request: dict) -> dict:
+        """One request, under its CPU-time limit (`cpu_s`; `cases` limits each case instead)."""
+        cpu_s = request.get("cpu_s") if request.get("op") != "cases" else None
+        try:
+            _cpu_timer(cpu_s)
+            try:
+                return self._serve(request)
+            finally:
+                _cpu_timer(None)
+        except CaseTimeout:  # raised between the solution's frames, e.g. while encoding its result
+            return _cpu_timeout(cpu_s)
+
+    def _serve(self, request: dict) -> dict:
         op = request.get("op")
         try:
             if op == "call":
@@ -103,6 +121,8 @@ class Child:
             else:
                 return {"ok": False, "error": f"unknown op {op!r}"}
             return {"ok": True, "value": P.encode(result, self.to_ref)}
+        except CaseTimeout:
+            raise
         except BaseException as exc:  # noqa: BLE001 - reported to the harness as the solution's error
             return {"ok": False, "error": _describe(exc)}
 
@@ -143,7 +163,7 @@ class Child:
     def run(self) -> None:
         signal.signal(signal.SIGPROF, _case_timeout)
         start = P.read_message(self.stream)
-        P.write_message(self.stream, self.load(start.get("code", ""), start.get("setup", "")))
+        P.write_message(self.stream, self.load(start.get("code", ""), start.get("setup", ""), start.get("cpu_s")))
         while True:
             P.write_message(self.stream, self.serve(P.read_message(self.stream)))
 
@@ -156,9 +176,20 @@ def _case_timeout(signum, frame):
     raise CaseTimeout()
 
 
+def _cpu_timer(cpu_s: float | None) -> None:
+    """Arm (or, with None, disarm) the CPU-time timer: SIGPROF raises CaseTimeout in the solution."""
+    signal.setitimer(signal.ITIMER_PROF, float(cpu_s) if cpu_s else 0)
+
+
+def _cpu_timeout(cpu_s: float | None) -> dict:
+    return {"ok": False, "status": "timeout", "detail": f"CPU time limit ({float(cpu_s or 0):g}s) exceeded"}
+
+
 def _describe(exc: BaseException) -> str:
     try:
         text = f"{type(exc).__name__}: {exc}"
+    except CaseTimeout:  # its __str__ used up the CPU time: the request is out of time
+        raise
     except BaseException:  # noqa: BLE001 - an exception whose __str__ raises
         text = type(exc).__name__
     if isinstance(exc, SyntaxError):
@@ -225,7 +256,7 @@ class Supervisor:
         child.close()
         self.child_pid, self.sock = pid, parent
         self.stream = parent.makefile("rwb")
-        load = {"code": request.get("code", ""), "setup": request.get("setup", "")}
+        load = {"code": request.get("code", ""), "setup": request.get("setup", ""), "cpu_s": request.get("cpu_s")}
         return self.exchange(load, request["timeout_s"])
 
     def exchange(self, message: dict, timeout_s: float) -> dict:

@@ -89,10 +89,11 @@ class ExecuteLimits(Section):
 
 
 class ExecuteTimeouts(Section):
-    load_s: float = Field(10.0, gt=0)  # running the solution module and MBPP's setup code
-    test_s: float = Field(10.0, gt=0)  # one MBPP assert, or HumanEval's whole check()
-    sample_s: float = Field(60.0, gt=0)  # everything for one sample
+    load_s: float = Field(30.0, gt=0)  # wall-clock backstop: the solution module and MBPP's setup code
+    test_s: float = Field(30.0, gt=0)  # wall-clock backstop: one MBPP assert, or HumanEval's whole check()
+    sample_s: float = Field(120.0, gt=0)  # wall-clock backstop: everything for one sample
     case_s: float = Field(2.0, gt=0)  # CPU seconds for one input/output case (MBPP+), not wall clock
+    test_cpu_s: float = Field(10.0, gt=0)  # CPU seconds: loading the module, one assert, or the whole check()
 
 
 class Execute(Section):

@@ -12,7 +12,7 @@ from complexitynet.sandbox.harness import Timeouts
 
 # Tight limits so the adversarial cases finish fast; the stage's defaults are more generous.
 LIMITS = Limits(memory_mb=256, cpu_s=5, file_mb=8, nproc=24, nofile=64, tmp_mb=32)
-TIMEOUTS = Timeouts(load_s=3.0, test_s=2.0, sample_s=10.0)
+TIMEOUTS = Timeouts(load_s=5.0, test_s=4.0, sample_s=15.0, test_cpu_s=1.0)  # CPU ends loops; wall clock backstops
 
 
 def _unavailable(reason: str):

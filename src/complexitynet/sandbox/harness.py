@@ -29,10 +29,14 @@ Status = str  # "pass" | "fail" | "timeout" | "error" | "crash"
 
 @dataclass(frozen=True)
 class Timeouts:
-    load_s: float = 10.0  # executing the solution module (and MBPP's setup code)
-    test_s: float = 10.0  # one assert, or HumanEval's whole check(), wall clock
-    sample_s: float = 60.0  # everything for one sample
-    case_s: float = 2.0  # CPU seconds for one input/output case (MBPP+): load on the machine does not count
+    """CPU-time limits judge the program (machine load does not count); the wall-clock limits are a
+    backstop against a program that sleeps, and a sample that ends at one is retried once."""
+
+    load_s: float = 30.0  # wall clock: executing the solution module (and MBPP's setup code)
+    test_s: float = 30.0  # wall clock: one assert, or HumanEval's whole check()
+    sample_s: float = 120.0  # wall clock: everything for one sample
+    case_s: float = 2.0  # CPU seconds for one input/output case (MBPP+)
+    test_cpu_s: float = 10.0  # CPU seconds for loading the module, one assert, or the whole check()
 
 
 @dataclass(frozen=True)
@@ -46,18 +50,24 @@ class Outcome:
     anomaly: bool = False
     failed: tuple[int, ...] = ()  # indices of the tests that did not pass (including those never reached)
     outputs: tuple[tuple[str, Any], ...] = ()  # `reference_outputs` only: ("v", value) or ("e", why) per input
+    backstop: bool = False  # ended by a wall-clock limit (a sleeping program, or a starved machine)
 
 
 class SolutionStopped(Exception):  # noqa: N818 - control flow, not an error of ours
     """The solution process is gone (timeout, crash, exit): stop running tests."""
 
-    def __init__(self, status: Status, detail: str):
+    def __init__(self, status: Status, detail: str, backstop: bool = False):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.backstop = status, detail, backstop
 
 
 class RemoteError(Exception):
     """The solution raised; a test that meets this fails."""
+
+
+def at_backstop(reply: dict[str, Any]) -> bool:
+    """The runner gave up waiting on the wall clock (not a CPU-time limit)."""
+    return reply.get("status") == "timeout" and str(reply.get("detail", "")).startswith("no answer within")
 
 
 def stable_detail(reply: dict[str, Any], timeouts: Timeouts) -> str:
@@ -86,11 +96,11 @@ class Connection:
         remaining = min(self.test_deadline, self.sample_deadline) - time.monotonic()
         if remaining <= 0:
             raise SolutionStopped("timeout", stable_detail({"status": "timeout", "detail": "no answer within"},
-                                                           self.timeouts))
+                                                           self.timeouts), backstop=True)
         return remaining
 
     def ask(self, message: dict[str, Any]) -> Any:
-        reply = self.session.request(message, self.budget())
+        reply = self.session.request({"cpu_s": self.timeouts.test_cpu_s, **message}, self.budget())
         if reply.get("ok"):
             try:
                 return P.decode(reply.get("value"), self.deref)
@@ -99,7 +109,7 @@ class Connection:
         if "error" in reply:
             raise RemoteError(str(reply["error"]))
         status = str(reply.get("status"))
-        raise SolutionStopped(_STOPPED.get(status, "fail"), stable_detail(reply, self.timeouts))
+        raise SolutionStopped(_STOPPED.get(status, "fail"), stable_detail(reply, self.timeouts), at_backstop(reply))
 
     def deref(self, tag: str, payload: Any) -> Remote:
         """Only handles may come back from the sandbox; they stay opaque here."""
@@ -226,13 +236,13 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
     total = tests.total
     everything = tuple(range(total))
     conn.test_deadline = time.monotonic() + timeouts.load_s
-    reply = session.request({"op": "start", "code": code, "setup": tests.setup, "limits": limits.runner()},
-                            conn.budget())
+    reply = session.request({"op": "start", "code": code, "setup": tests.setup, "limits": limits.runner(),
+                             "cpu_s": timeouts.test_cpu_s}, conn.budget())
     if not reply.get("ok"):
         status = str(reply.get("status"))
         outcome_status = {"error": "error", "timeout": "timeout", "crash": "crash"}.get(status, "error")
         return _finish(session, Outcome(outcome_status, 0, total, _short(stable_detail(reply, timeouts)),
-                                        anomaly=status != "error", failed=everything))
+                                        anomaly=status != "error", failed=everything, backstop=at_backstop(reply)))
     names = reply.get("names") or {}
     failures: dict[int, str] = {}
     passed: list[int] = []  # asserts that passed before a stop
@@ -259,7 +269,8 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
                     failures[0] = why
     except SolutionStopped as stop:
         return _finish(session, Outcome(stop.status, len(passed), total, _short(stop.detail), anomaly=True,
-                                        failed=tuple(i for i in everything if i not in passed)))
+                                        failed=tuple(i for i in everything if i not in passed),
+                                        backstop=stop.backstop))
     failed = tuple(sorted(failures))
     status = "pass" if not failed else "fail"
     detail = _short(f"test {failed[0]}: {failures[failed[0]]}" if total > 1 else failures[failed[0]]) if failed else ""
@@ -272,18 +283,20 @@ def reference_outputs(session: Session, code: str, entry_point: str, inputs: lis
     `pass` with one output per input, or the reason the reference could not run."""
     conn = Connection(session, timeouts)
     conn.test_deadline = time.monotonic() + timeouts.load_s
-    reply = session.request({"op": "start", "code": code, "setup": setup, "limits": limits.runner()},
-                            conn.budget())
+    reply = session.request({"op": "start", "code": code, "setup": setup, "limits": limits.runner(),
+                             "cpu_s": timeouts.test_cpu_s}, conn.budget())
     if not reply.get("ok"):
         status = str(reply.get("status"))
         return _finish(session, Outcome("error" if status == "error" else "crash", 0, len(inputs),
-                                        _short(stable_detail(reply, timeouts)), anomaly=status != "error"))
+                                        _short(stable_detail(reply, timeouts)), anomaly=status != "error",
+                                        backstop=at_backstop(reply)))
     if not _defines_function(reply.get("names") or {}, entry_point):
         return _finish(session, Outcome("error", 0, len(inputs), f"the reference defines no '{entry_point}'"))
     try:
         outputs = tuple(call_cases(conn, timeouts, entry_point, inputs))
     except SolutionStopped as stop:
-        return _finish(session, Outcome(stop.status, 0, len(inputs), _short(stop.detail), anomaly=True))
+        return _finish(session, Outcome(stop.status, 0, len(inputs), _short(stop.detail), anomaly=True,
+                                        backstop=stop.backstop))
     ok = sum(kind == "v" for kind, _ in outputs)
     return _finish(session, Outcome("pass", ok, len(inputs), "", outputs=outputs))
 

@@ -44,6 +44,7 @@ class SandboxPool:
         for slot in range(workers):
             self._idle.put((slot, None))  # sessions open lazily, in the worker that needs them
         self.recycled = 0
+        self.backstop_retries = 0  # samples rerun because a wall-clock backstop ended them
         self.python = ""  # the sandbox interpreter's version, from the first session's greeting
 
     def _open(self, slot: int) -> Session:
@@ -60,7 +61,7 @@ class SandboxPool:
     def run(self, job: Job) -> tuple[object, Outcome, float]:
         slot, session = self._idle.get()
         try:
-            sandbox_failures = 0
+            sandbox_failures, retried = 0, False
             while True:
                 if session is None:
                     session = self._open(slot)
@@ -88,6 +89,11 @@ class SandboxPool:
                     session.close()
                     session = None
                     self.recycled += 1
+                if outcome.backstop and not retried:  # maybe a starved machine, not the program: once more
+                    retried = True
+                    self.backstop_retries += 1
+                    log.debug("%s ended at a wall-clock limit; retrying it in a fresh sandbox", job.key)
+                    continue
                 return job.key, outcome, duration
         finally:
             self._idle.put((slot, session))
