@@ -88,21 +88,12 @@ def build_model(base_model: str, num_labels: int, lora: dict[str, Any]):
 
 def save_classifier(model, tokenizer, out_dir: Path, meta: dict[str, Any]) -> None:
     """Adapter + head, tokenizer and metadata into `out_dir` (written beside it, then renamed)."""
-    import shutil
-    import tempfile
+    from complexitynet.io import atomic_dir
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_classifier(path: Path, on: str | None = None) -> Classifier:

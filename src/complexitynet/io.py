@@ -95,6 +95,23 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """A directory to fill, made beside `path`; on success it replaces `path`, else it is removed."""
+    import shutil
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_jsonl(path: Path, records: Iterable[T], key: Callable[[T], Any]) -> int:
     """Write records sorted by `key`, atomically; a duplicate key is a bug and raises."""
     ordered = sorted(records, key=key)

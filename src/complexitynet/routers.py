@@ -181,26 +181,16 @@ SPEC_FILE = "router.json"
 def save_router(spec: RouterSpec, fitted: dict[str, H.SuccessModel], out_dir) -> None:
     """router.json and a joblib per candidate into `out_dir` (written beside it, then renamed)."""
     import json
-    import os
-    import shutil
-    import tempfile
     from pathlib import Path
 
     import joblib
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    from complexitynet.io import atomic_dir
+
+    with atomic_dir(Path(out_dir)) as tmp:
         for name, model in fitted.items():
             joblib.dump(model, tmp / f"{name}.joblib")
         (tmp / SPEC_FILE).write_text(json.dumps(spec.as_json(), indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def load_router(path, which: str | None = None) -> tuple[RouterSpec, H.SuccessModel]:

@@ -59,3 +59,17 @@ def test_write_json_is_strict_json(tmp_path):
     write_json(path, {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
     assert "NaN" not in path.read_text()
+
+
+def test_atomic_dir_replaces_the_old_directory_only_when_the_block_succeeds(tmp_path):
+    from complexitynet.io import atomic_dir
+
+    target = tmp_path / "models" / "router"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.json").write_text("1")
+    assert (target / "a.json").read_text() == "1"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.json").write_text("2")
+        raise RuntimeError("killed halfway")
+    assert (target / "a.json").read_text() == "1"  # the old one stands
+    assert sorted(p.name for p in target.parent.iterdir()) == ["router"]  # no half-written leftovers
