@@ -197,7 +197,7 @@ def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, ro
 
         lam = spec.candidates[name]["lam"]
         choices = routed(lam)
-        shares = np.bincount(choices[choices >= 0], minlength=models) / len(choices)
+        shares = P.shares(choices, models)
         q_pp, c_pp = P.per_prompt(choices, quality, cost)
         out["policies"][f"router:{name}"] = {"kind": "prompt-only", "lam": lam, "mix": shares.tolist(),
                                              "refused": int((choices < 0).sum()),
@@ -253,7 +253,7 @@ def trials_study(spec: RouterSpec, tv_texts: list[str], rec_tv: P.Recorded, te_t
         labels = np.concatenate([sub.labels(), rec_te.first(k).labels()])
         spec_k, fitted = select_router(tv_texts, sub.quality, sub, spec.models, cfg, train_cfg, seed)
         choices = P.choose(fitted[spec.candidate].predict(te_texts), spec_k.unit_cost, spec_k.rule)
-        shares = np.bincount(choices[choices >= 0], minlength=len(spec.models)) / len(choices)
+        shares = P.shares(choices, len(spec.models))
         q_pp, c_pp = P.per_prompt(choices, rec_te.quality, rec_te.cost)
         rows.append({"k": k, "label_agreement": float((labels == final).mean()), "lam": spec_k.rule.lam,
                      "cv_margin": spec_k.candidates[spec.candidate]["routing_margin"],

@@ -29,12 +29,17 @@ class SuccessModel(Protocol):
 
 
 class Embedder:
-    """Frozen encoder embeddings, memoised by text so that folds and candidates share them. Pickles
-    without the memo (the encoder loads again on first use)."""
+    """Frozen encoder embeddings, memoised by text for the whole process: folds, candidates and
+    loaded models (each unpickles its own Embedder) share one embedding per text and encoder."""
+
+    _shared: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
     def __init__(self, base_model: str, max_length: int):
         self.base_model, self.max_length = base_model, max_length
-        self._memo: dict[str, np.ndarray] = {}
+
+    @property
+    def _memo(self) -> dict[str, np.ndarray]:
+        return self._shared.setdefault((self.base_model, self.max_length), {})
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         from complexitynet.classifier import embed
@@ -43,9 +48,6 @@ class Embedder:
         if missing:
             self._memo.update(zip(missing, embed(missing, self.base_model, self.max_length)))
         return np.stack([self._memo[t] for t in texts])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"base_model": self.base_model, "max_length": self.max_length, "_memo": {}}
 
 
 def _soft_logistic(x, y: np.ndarray, c: float, seed: int):

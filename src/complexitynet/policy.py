@@ -51,6 +51,11 @@ def per_prompt(choices: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> tu
     return (np.where(served, quality[rows, picked], 0.0), np.where(served, cost[rows, picked], 0.0))
 
 
+def shares(choices: np.ndarray, models: int) -> np.ndarray:
+    """The share of prompts sent to each rung (refused prompts count toward none)."""
+    return np.bincount(choices[choices >= 0], minlength=models) / len(choices)
+
+
 # --- the verified cascade -----------------------------------------------------------------------
 
 def _logit(p: float) -> float:

@@ -14,13 +14,14 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import mul
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from complexitynet import policy
 from complexitynet.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -93,10 +94,6 @@ class PayingRule:
     def decide(self, success_row: np.ndarray | list[float], ladder: list[ModelSpec], verified: bool) -> Decision:
         """Prompt-only routing uses the rule's lambda; a request with tests starts the verified
         cascade, at the cascade's lambda (both chosen by cross-validation in `train`)."""
-        from dataclasses import replace
-
-        from complexitynet import policy
-
         row = np.asarray(success_row, dtype=np.float64).ravel()
         rule = replace(self.spec.rule, lam=self.spec.cascade_lam if verified else self.spec.rule.lam)
         index = int(policy.choose(row[None, :], self.spec.unit_cost, rule)[0])
@@ -107,8 +104,6 @@ class PayingRule:
                         unit_cost=tuple(self.spec.unit_cost))
 
     def escalate(self, decision: Decision, rung: int, visible_frac: float) -> bool:
-        from complexitynet import policy
-
         return policy.escalate(self.spec.gate, list(decision.success.values()), rung, visible_frac,
                                self.spec.unit_cost, decision.lam)
 
