@@ -321,6 +321,92 @@ CASES = {
             assert candidate(2, 3) == 5
             assert candidate(-1, 1) == 0
         """, {"fail"}),
+    # --- variations beyond the reported classes --------------------------------------------------
+    "shadows isinstance and type": ("""
+        def isinstance(x, t):
+            return True
+        def type(x):
+            return int
+        def f():
+            return '8'""", ["assert isinstance(f(), int)", "assert type(f()) is int"], None, {"fail"}),
+    "shadows set, str and max with lambdas": ("""
+        set = lambda *a: {1, 2}
+        str = lambda *a: 'ok'
+        max = lambda *a, **k: 8
+        def f():
+            return [3]""", ["assert set(f()) == {1, 2}", "assert str(f()) == 'ok'", "assert max(f()) == 8"],
+        None, {"fail"}),
+    "a fake module under a stdlib name the tests use": ("""
+        import types
+        math = types.ModuleType('math')
+        math.sqrt = lambda x: 3.0
+        def f():
+            return 8""", ["assert math.sqrt(f()) == 3.0"], None, {"fail"}),  # the real math decides
+    "a module object named unittest.__main__": ("""
+        import types
+        unittest = types.ModuleType('unittest.__main__')
+        helper = types.ModuleType('unittest.__main__')
+        def f():
+            return 8""", ["assert f() == 8"], None, {"pass"}),  # nothing of unittest.__main__ runs here
+    "a set of ints that all share one hash": ("""
+        def f():
+            m = (1 << 61) - 1  # ints equal modulo 2**61 - 1 share a hash
+            return {i * m for i in range(1, 3_001)}""", ["assert f() == {8}"], None, {"fail"}),
+    "a dict whose keys all share one hash": ("""
+        def f():
+            m = (1 << 61) - 1
+            return {i * m: 0 for i in range(1, 3_001)}""", ["assert f() == {8: 0}"], None, {"fail"}),
+    "a tuple and a frozenset holding forged elements": ("""
+        class Always:
+            def __eq__(self, other): return True
+            def __hash__(self): return 8
+        def f():
+            return (Always(), 8)
+        def g():
+            return frozenset({Always()})""", ["assert f() == (8, 8)", "assert g() == frozenset({8})"],
+        None, {"fail"}),
+    "a dict subclass with a forged __eq__": ("""
+        class D(dict):
+            def __eq__(self, other): return True
+        def f():
+            return D(a=1)""", ["assert f() == {'b': 2}"], None, {"fail"}),
+    "a list that contains itself": ("""
+        def f():
+            x = []
+            x.append(x)
+            return x""", ["assert f() == [[]]"], None, ANY_FAILURE),
+    "a dict nested 100,000 deep": ("""
+        def f():
+            d = {}
+            for _ in range(100_000):
+                d = {'k': d}
+            return d""", ["assert f() == {}"], None, ANY_FAILURE),
+    "a generator that never ends": ("""
+        import itertools
+        def f():
+            return itertools.count()""", ["assert list(f()) == [8]"], None, {"fail", "timeout"}),
+    "an int too large to print": ("""
+        def f():
+            return 10 ** 200_000""", ["assert f() == 8"], None, {"fail"}),
+    "talks to the Docker socket": ("""
+        import socket
+        def f():
+            for path in ('/var/run/docker.sock', '/run/docker.sock', '/run/containerd/containerd.sock'):
+                try:
+                    socket.socket(socket.AF_UNIX).connect(path)
+                    return 'connected'
+                except OSError:
+                    pass
+            return 8""", ["assert f() == 8"], None, {"pass"}),
+    "stops the supervisor with SIGSTOP": ("""
+        import os, signal
+        def f():
+            for pid in {1, os.getppid()}:
+                try:
+                    os.kill(pid, signal.SIGSTOP)
+                except OSError:
+                    pass
+            return 8""", ["assert f() == 8"], None, {"pass"}),  # the probe after it needs a live supervisor
 }
 
 
@@ -342,11 +428,13 @@ def test_adversarial_case(backend, name):
 
 
 def test_files_do_not_leak_between_samples(pool):
-    """Scratch files, shared memory, POSIX message queues and the root: nothing a sample writes is
-    there for the next one (the root is read-only)."""
-    _, first, _ = pool.run(job("""
+    """Scratch files, shared memory, POSIX message queues, the root and every usual writable place:
+    nothing a sample writes is there for the next one (the root is read-only)."""
+    paths = "LEAK_PATHS = ('/tmp/leak', '/dev/shm/leak', '/leak', '/var/tmp/leak', '/run/leak', '/home/leak', " \
+            "'/etc/leak', '/usr/leak', '/dev/leak', '/root/leak', '/opt/leak')\n"
+    _, first, _ = pool.run(job(paths + textwrap.dedent("""
         import ctypes, os
-        for path in ('/tmp/leak', '/dev/shm/leak', '/leak'):
+        for path in LEAK_PATHS:
             try:
                 open(path, 'w').write('x')
             except OSError:
@@ -356,11 +444,11 @@ def test_files_do_not_leak_between_samples(pool):
         except OSError:
             pass
         def f():
-            return 8"""))
-    _, second, _ = pool.run(job("""
+            return 8""")))
+    _, second, _ = pool.run(job(paths + textwrap.dedent("""
         import os
         def f():
-            return [p for p in ('/tmp/leak', '/dev/shm/leak', '/leak', '/dev/mqueue/leak') if os.path.exists(p)]""",
+            return [p for p in LEAK_PATHS + ('/dev/mqueue/leak',) if os.path.exists(p)]"""),
                                 ["assert f() == []"]))
     assert (first.status, second.status) == ("pass", "pass"), second
 

@@ -132,10 +132,12 @@ class BwrapSession(Session):
         python = "/usr/bin/python3"  # a world-readable interpreter under /usr, the only tree mounted
         cmd = [
             "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+            "--as-pid-1",  # the runner is pid 1: the kernel drops signals the sample sends it (SIGSTOP, SIGKILL)
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
             "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev",
             "--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp",
             "--size", str(limits.tmp_mb * 1024 * 1024), "--tmpfs", "/dev/shm",  # capped, wiped per sample
+            "--remount-ro", "/dev",  # the device tmpfs itself takes no files
             "--ro-bind", self._dir, "/sandbox", "--remount-ro", "/", "--setenv", "PATH", "/usr/bin",
             "--setenv", "PYTHONHASHSEED", str(HASH_SEED), "--chdir", "/tmp",
             python, "-s", "-P", "/sandbox/runner.py",  # not -I, which ignores PYTHONHASHSEED

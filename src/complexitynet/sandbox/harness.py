@@ -246,9 +246,10 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
     names = reply.get("names") or {}
     failures: dict[int, str] = {}
     passed: list[int] = []  # asserts that passed before a stop
+    out_of_time = False  # an input/output case ran out of CPU time: the suite is a timeout, as an assert's is
     try:
         if tests.cases is not None:
-            failures = _run_cases(conn, timeouts, tests.cases, entry_point, names)
+            failures, out_of_time = _run_cases(conn, timeouts, tests.cases, entry_point, names)
         elif tests.check is None:
             ns = namespace(conn, names, tests.asserts, entry_point)
             for i, source in enumerate(tests.asserts):
@@ -272,7 +273,7 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
                                         failed=tuple(i for i in everything if i not in passed),
                                         backstop=stop.backstop))
     failed = tuple(sorted(failures))
-    status = "pass" if not failed else "fail"
+    status = "pass" if not failed else "timeout" if out_of_time else "fail"
     detail = _short(f"test {failed[0]}: {failures[failed[0]]}" if total > 1 else failures[failed[0]]) if failed else ""
     return _finish(session, Outcome(status, total - len(failed), total, detail, failed=failed))
 
@@ -302,16 +303,20 @@ def reference_outputs(session: Session, code: str, entry_point: str, inputs: lis
 
 
 def _run_cases(conn: Connection, timeouts: Timeouts, cases: Cases, entry_point: str,
-               names: dict[str, Any]) -> dict[int, str]:
-    """Call the entry point on every input in one request; compare here. Returns failures by index."""
+               names: dict[str, Any]) -> tuple[dict[int, str], bool]:
+    """Call the entry point on every input in one request; compare here. Returns failures by index,
+    and whether an input ran out of CPU time."""
     if not _defines_function(names, entry_point):
-        return {i: f"NameError: the solution defines no function '{entry_point}'" for i in range(len(cases.inputs))}
+        return {i: f"NameError: the solution defines no function '{entry_point}'"
+                for i in range(len(cases.inputs))}, False
     results = call_cases(conn, timeouts, entry_point, cases.inputs)
     failures: dict[int, str] = {}
+    out_of_time = False
     for i, (result, expected) in enumerate(zip(results, cases.expected)):
         kind, value = result
         if kind != "v":
             failures[i] = value
+            out_of_time = out_of_time or kind == "t"
             continue
         if cases.compare != "not_none" and opaque(value):
             failures[i] = "returned an object that is not plain data"
@@ -322,7 +327,7 @@ def _run_cases(conn: Connection, timeouts: Timeouts, cases: Cases, entry_point: 
             same, value = False, f"{type(exc).__name__}: {exc}"
         if not same:
             failures[i] = f"wrong output {_preview(value)}"
-    return failures
+    return failures, out_of_time
 
 
 def _defines_function(names: dict[str, Any], name: str) -> bool:
@@ -332,8 +337,8 @@ def _defines_function(names: dict[str, Any], name: str) -> bool:
 
 
 def call_cases(conn: Connection, timeouts: Timeouts, entry_point: str, inputs: list[Any]) -> list[tuple[str, Any]]:
-    """(kind, value) per input, from one `cases` request: ("v", output), or ("e", why) for an error or
-    a CPU-time overrun. Raises SolutionStopped like `ask`."""
+    """(kind, value) per input, from one `cases` request: ("v", output), ("e", why) for an error, or
+    ("t", why) for a CPU-time overrun. Raises SolutionStopped like `ask`."""
     conn.test_deadline = float("inf")  # one deadline for the whole batch: the sample's
     try:
         raw = conn.ask({"op": "cases", "name": entry_point, "inputs": inputs, "case_s": timeouts.case_s})
@@ -348,7 +353,7 @@ def call_cases(conn: Connection, timeouts: Timeouts, entry_point: str, inputs: l
         elif isinstance(item, tuple) and len(item) == 2 and item[0] == "e" and isinstance(item[1], str):
             out.append(("e", item[1]))
         elif item == ("t",):
-            out.append(("e", f"CPU time limit ({timeouts.case_s:g}s) exceeded"))
+            out.append(("t", f"CPU time limit ({timeouts.case_s:g}s) exceeded"))
         else:
             out.append(("e", "malformed result from the sandbox"))
     return out
