@@ -32,6 +32,7 @@ SCRATCH = os.environ.get("SANDBOX_SCRATCH", "/tmp")
 SHARED = ("/dev/shm", "/dev/mqueue")  # shared memory and POSIX message queues: wiped like the scratch dir
 PR_SET_DUMPABLE = 4
 MAX_CASE_TIMEOUTS = 1  # input/output cases out of CPU time before the rest of a suite is skipped
+_process_time = time.process_time  # bound before any solution runs (one could patch the module)
 
 
 # ----------------------------------------------------------------------------------- child side
@@ -113,8 +114,13 @@ class Child:
             elif op == "len":
                 result = len(self.from_ref("h", request["handle"]))
             elif op == "cases":
-                return {"ok": True, "value": self.cases(self.globals[request["name"]], request.get("inputs", []),
-                                                        float(request.get("case_s", 10.0)))}
+                inputs = request.get("inputs", [])
+                limits = request.get("case_s", 10.0)
+                limits = [float(x) for x in limits] if isinstance(limits, list) else [float(limits)] * len(inputs)
+                if len(limits) != len(inputs):
+                    return {"ok": False, "error": "one CPU limit per input expected"}
+                values, cpu = self.cases(self.globals[request["name"]], inputs, limits)
+                return {"ok": True, "value": values, "cpu_s": cpu}
             elif op in ("str", "repr"):
                 result = (str if op == "str" else repr)(self.from_ref("h", request["handle"]))
                 result = str.__str__(result)
@@ -126,25 +132,28 @@ class Child:
         except BaseException as exc:  # noqa: BLE001 - reported to the harness as the solution's error
             return {"ok": False, "error": _describe(exc)}
 
-    def cases(self, target, inputs: list, case_s: float) -> list:
+    def cases(self, target, inputs: list, case_s: list[float]) -> tuple[list, list[float]]:
         """Call `target` on every input, each under its own CPU-time limit, in this one process.
 
         Returns a tagged list (protocol.encode of a list) of ("v", value) / ("e", error) / ("t",)
-        tuples, encoded case by case so that one unencodable output fails only its own case.
+        tuples, encoded case by case so that one unencodable output fails only its own case, and the
+        CPU seconds each call took (how prepare sizes per-input limits from a reference's cost).
         Outputs that together exceed the message limit fail the cases past it; once a case runs out of
         time the rest are not run: the suite has failed, and a slow solution's later inputs (MBPP+
         grows them) would each cost the whole limit too.
         """
-        items, size, timeouts = [], 0, 0
-        for args in inputs:
+        items, size, timeouts, cpu = [], 0, 0, []
+        for args, limit in zip(inputs, case_s):
             if timeouts >= MAX_CASE_TIMEOUTS:
                 items.append(P.encode(("e", "not run: an earlier input ran out of CPU time")))
+                cpu.append(0.0)
                 continue
+            started = _process_time()
             try:
                 call_args = P.decode(args, self.from_ref)
                 if type(call_args) is not list:
                     raise P.ProtocolError("a case's input must be a list of arguments")
-                signal.setitimer(signal.ITIMER_PROF, case_s)
+                signal.setitimer(signal.ITIMER_PROF, limit)
                 try:
                     item = P.encode(("v", target(*call_args)), self.to_ref)
                 finally:
@@ -154,11 +163,12 @@ class Child:
                 timeouts += 1
             except BaseException as exc:  # noqa: BLE001 - the solution's failure on this input, as data
                 item = P.encode(("e", _describe(exc)))
+            cpu.append(round(_process_time() - started, 4))
             size += len(repr(item))
             if size > P.MAX_MESSAGE // 2:
                 item = P.encode(("e", "outputs too large for the protocol"))
             items.append(item)
-        return ["l", items]
+        return ["l", items], cpu
 
     def run(self) -> None:
         signal.signal(signal.SIGPROF, _case_timeout)

@@ -94,6 +94,7 @@ class ExecuteTimeouts(Section):
     sample_s: float = Field(120.0, gt=0)  # wall-clock backstop: everything for one sample
     case_s: float = Field(2.0, gt=0)  # CPU seconds for one input/output case (MBPP+), not wall clock
     test_cpu_s: float = Field(10.0, gt=0)  # CPU seconds: loading the module, one assert, or the whole check()
+    case_factor: float = Field(4.0, ge=1)  # an MBPP+ input's CPU limit covers this x the reference's cost on it
 
 
 class Execute(Section):

@@ -25,7 +25,7 @@ from complexitynet.extract import parse_quietly
 from complexitynet.io import iter_json_lines
 from complexitynet.mbppplus import BESPOKE, PlusProblem
 from complexitynet.sandbox import protocol as P
-from complexitynet.sandbox.harness import opaque
+from complexitynet.sandbox.harness import case_limits, opaque
 from complexitynet.sandbox.pool import Job, SandboxPool
 from complexitynet.schemas import Cases, Dataset, Problem, Split, Tests
 from complexitynet.sources import FILES
@@ -160,7 +160,8 @@ def load_humaneval(path: Path, template: str, fractions: Splits, seed: int) -> l
 def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: SandboxPool,
                  progress: bool = False) -> list[Problem]:
     """MBPP problems with MBPP+'s inputs as hidden tests, expected outputs from running MBPP+'s
-    canonical solution in the sandbox. An input the canonical solution fails on (raises, runs out of
+    canonical solution in the sandbox, and each input's CPU limit sized from the canonical solution's
+    cost on it (`harness.case_limits`). An input the canonical solution fails on (raises, runs out of
     time, returns something that is not plain data) is dropped and noted on the problem; so is MBPP+
     for a problem whose function it calls with other arguments than MBPP's prompt shows."""
     by_task = {int(p.task_id.split("/")[1]): p for p in problems if p.dataset == "mbpp"}
@@ -189,13 +190,13 @@ def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: Sa
                 f"MBPP+ not used: its canonical solution does not run ({outcome.status}: {outcome.detail})"]})
             continue
         kept, why = [], Counter()
-        for args, (kind, value) in zip(extra.inputs, outcome.outputs):
+        for args, (kind, value), cpu in zip(extra.inputs, outcome.outputs, outcome.cpu_s):
             if kind == "v" and extra.compare == "not_none":  # EvalPlus keeps only "returned something"
                 kind, value = "v", value if isinstance(value, bool) else value is not None
             if kind == "v" and opaque(value):
                 kind, value = "e", "returned an object that is not plain data"
             if kind == "v":
-                kept.append((args, value))
+                kept.append((args, value, cpu))
             else:
                 why[value] += 1
         notes = [f"{n} MBPP+ input(s) dropped: the canonical solution gives no plain answer ({reason})"
@@ -204,9 +205,11 @@ def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: Sa
             notes.append(f"EvalPlus judges {BESPOKE[task]} with a bespoke oracle; compared exactly here")
         if problem.entry_point != extra.entry_point:
             notes.append(f"MBPP+ calls '{extra.entry_point}', MBPP's asserts call '{problem.entry_point}'")
+        limits, budget = case_limits([cpu for _, _, cpu in kept], pool.timeouts)
         hidden = Tests(setup=problem.visible.setup, cases=Cases(
-            inputs=[P.encode(args) for args, _ in kept], expected=[P.encode(value) for _, value in kept],
-            atol=extra.atol, compare=extra.compare))  # type: ignore[arg-type]
+            inputs=[P.encode(args) for args, _, _ in kept], expected=[P.encode(value) for _, value, _ in kept],
+            atol=extra.atol, compare=extra.compare,  # type: ignore[arg-type]
+            cpu_s=limits if kept else None, budget_cpu_s=budget if kept else None))
         updated[task] = problem.model_copy(update={"hidden": hidden, "hidden_source": "mbpp+", "notes": notes})
     return [updated.get(int(p.task_id.split("/")[1]), p) if p.dataset == "mbpp" else p for p in problems]
 

@@ -39,11 +39,15 @@ class Cases(Record):
     expected: list[Any]  # the reference solution's output on each input, tagged
     atol: float = Field(0.0, ge=0)  # float tolerance (EvalPlus's atol); float outputs get 1e-6 when 0
     compare: Literal["exact", "set", "not_none"] = "exact"  # EvalPlus's per-problem output oracles
+    cpu_s: list[float] | None = None  # per-input CPU limits from the reference's cost (None: execute's case_s)
+    budget_cpu_s: float | None = Field(None, gt=0)  # CPU seconds for the whole suite, when above execute's cpu_s
 
     @model_validator(mode="after")
     def _paired(self) -> Cases:
         if len(self.inputs) != len(self.expected):
             raise ValueError(f"{len(self.inputs)} inputs but {len(self.expected)} expected outputs")
+        if self.cpu_s is not None and (len(self.cpu_s) != len(self.inputs) or min(self.cpu_s, default=1) <= 0):
+            raise ValueError(f"cpu_s needs one positive CPU limit per input ({len(self.inputs)})")
         return self
 
 

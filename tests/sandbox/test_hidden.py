@@ -105,3 +105,26 @@ def test_mbppplus_is_not_used_where_it_calls_with_other_arguments(pool):
     (out,) = add_mbppplus([base], {57: extra}, pool)
     assert out.hidden == out.visible and out.hidden_source == "visible"
     assert out.notes == ["MBPP+ not used: it calls with [1] argument(s), MBPP's asserts with [2]"]
+
+
+# Burns about `n` CPU seconds of the interpreter (not wall clock: `time.process_time`).
+BURN = "import time\ndef f(n):\n    end = time.process_time() + n\n    while time.process_time() < end: pass\n    return n\n"
+
+
+def test_input_limits_follow_the_reference_cost(pool):
+    """prepare measures the canonical solution's CPU time per input and sizes each input's limit from
+    it (x case_factor, doubled up from the floor case_s); execute applies each input's own limit."""
+    base = Problem(task_id="MBPP/901", dataset="mbpp", split="train", text="t", prompt="p", entry_point="f",
+                   visible=(v := ProblemTests(asserts=["assert f(0) == 0"])), hidden=v, hidden_source="visible",
+                   reference="def f(n):\n    return n\n")
+    # floor 2 s, factor 4: an input whose reference costs 0.05 s keeps the floor, one costing 0.6 s gets 4 s
+    (out,) = add_mbppplus([base], {901: PlusProblem(901, "f", BURN, [[0.05], [0.6]], 0.0, "exact")}, pool)
+    cases = out.hidden.cases
+    assert cases is not None and cases.cpu_s == [2.0, 4.0] and cases.budget_cpu_s == 4.0
+    # a solution 4x slower than the reference passes; on the floor's 2 s the second input would not
+    slow = BURN.replace("end = time.process_time() + n", "end = time.process_time() + 4 * n")
+    _, outcome, _ = pool.run(Job("slow", slow, out.hidden, "f"))
+    assert outcome.status == "pass", outcome
+    flat = out.hidden.model_copy(update={"cases": cases.model_copy(update={"cpu_s": None})})
+    _, outcome, _ = pool.run(Job("flat", slow, flat, "f"))
+    assert (outcome.status, outcome.failed) == ("timeout", (1,)) and "(2s)" in outcome.detail, outcome

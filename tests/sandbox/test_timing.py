@@ -4,9 +4,6 @@ sandbox before it is recorded as a timeout."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-
 import pytest
 
 from complexitynet.sandbox.harness import Timeouts
@@ -19,24 +16,6 @@ pytestmark = [pytest.mark.integration]
 # cores are all busy
 WORK = "def f():\n    n = 0\n    for i in range(12_000_000):\n        n += i & 1\n    return n\n"
 TESTS = ProblemTests(asserts=["assert f() == 6_000_000"])
-
-
-def _burn(_: int) -> None:
-    while True:
-        pass
-
-
-@pytest.fixture()
-def busy_machine():
-    """Every core of this machine busy with work outside the sandbox, for the test's duration."""
-    ctx = multiprocessing.get_context("fork")
-    hogs = [ctx.Process(target=_burn, args=(i,), daemon=True) for i in range(2 * (os.cpu_count() or 1))]
-    for hog in hogs:
-        hog.start()
-    yield
-    for hog in hogs:
-        hog.kill()
-        hog.join()
 
 
 def test_cpu_limits_do_not_depend_on_machine_load(backend, busy_machine):

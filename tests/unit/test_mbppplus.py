@@ -8,7 +8,7 @@ import pytest
 
 from complexitynet import mbppplus
 from complexitynet.sandbox import protocol as P
-from complexitynet.sandbox.harness import outputs_match
+from complexitynet.sandbox.harness import Timeouts, case_limits, outputs_match
 from complexitynet.schemas import Cases
 from complexitynet.schemas import Tests as ProblemTests
 from complexitynet.sources import FILES
@@ -87,3 +87,11 @@ def test_sets_encode_the_same_whatever_the_hash_seed():
     words = {"pear", "apple", "fig", "kiwi", "plum"}
     assert P.encode(words) == P.encode(set(sorted(words, reverse=True)))
     assert [item[1] for item in P.encode(frozenset(words))[1]] == sorted(words)
+
+
+def test_case_limits_double_from_the_floor_to_cover_the_reference():
+    timeouts = Timeouts(case_s=2.0, case_factor=4.0)
+    limits, budget = case_limits([0.0, 0.4, 0.5, 0.51, 1.0, 3.0], timeouts)
+    assert limits == [2.0, 2.0, 2.0, 4.0, 4.0, 16.0]  # 4 x 0.51 = 2.04 > 2; 4 x 3 = 12 -> 16
+    assert budget == 32.0  # the suite's: 4 x 5.41 s = 21.6 s, doubled up from 2 s
+    assert case_limits([], timeouts) == ([], 2.0)

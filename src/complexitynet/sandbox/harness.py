@@ -35,8 +35,27 @@ class Timeouts:
     load_s: float = 30.0  # wall clock: executing the solution module (and MBPP's setup code)
     test_s: float = 30.0  # wall clock: one assert, or HumanEval's whole check()
     sample_s: float = 120.0  # wall clock: everything for one sample
-    case_s: float = 2.0  # CPU seconds for one input/output case (MBPP+)
+    case_s: float = 2.0  # CPU seconds for one input/output case (MBPP+): the floor of its own limit
     test_cpu_s: float = 10.0  # CPU seconds for loading the module, one assert, or the whole check()
+    case_factor: float = 4.0  # an input's limit covers this many times the reference's CPU cost on it
+
+
+def case_limits(reference_cpu_s: list[float], timeouts: Timeouts) -> tuple[list[float], float]:
+    """Per-input CPU limits from the reference solution's measured cost, as EvalPlus sizes its time
+    limits (factor x reference, with a floor), and the budget for the whole suite.
+
+    Each limit is the floor `case_s` doubled until it covers `case_factor` x the reference's time;
+    the budget likewise covers `case_factor` x the reference's total. Powers of two keep a
+    measurement's jitter from moving a limit unless the reference's cost sits at a doubling point.
+    """
+    def covering(need: float, floor: float) -> float:
+        limit = floor
+        while limit < need:
+            limit *= 2
+        return limit
+
+    limits = [covering(timeouts.case_factor * cpu, timeouts.case_s) for cpu in reference_cpu_s]
+    return limits, covering(timeouts.case_factor * sum(reference_cpu_s), timeouts.case_s)
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,7 @@ class Outcome:
     anomaly: bool = False
     failed: tuple[int, ...] = ()  # indices of the tests that did not pass (including those never reached)
     outputs: tuple[tuple[str, Any], ...] = ()  # `reference_outputs` only: ("v", value) or ("e", why) per input
+    cpu_s: tuple[float, ...] = ()  # `reference_outputs` only: CPU seconds per input
     backstop: bool = False  # ended by a wall-clock limit (a sleeping program, or a starved machine)
 
 
@@ -100,10 +120,14 @@ class Connection:
         return remaining
 
     def ask(self, message: dict[str, Any]) -> Any:
+        return self.ask_reply(message)[0]
+
+    def ask_reply(self, message: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The decoded value and the whole reply (which may carry more, e.g. a `cases` reply's CPU times)."""
         reply = self.session.request({"cpu_s": self.timeouts.test_cpu_s, **message}, self.budget())
         if reply.get("ok"):
             try:
-                return P.decode(reply.get("value"), self.deref)
+                return P.decode(reply.get("value"), self.deref), reply
             except P.ProtocolError as exc:
                 raise RemoteError(f"the solution returned something that is not plain data ({exc})") from None
         if "error" in reply:
@@ -235,8 +259,11 @@ def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
     conn = Connection(session, timeouts)
     total = tests.total
     everything = tuple(range(total))
+    runner_limits = limits.runner()
+    if tests.cases is not None and tests.cases.budget_cpu_s:  # a suite whose reference is costly gets more
+        runner_limits["cpu_s"] = max(limits.cpu_s, math.ceil(tests.cases.budget_cpu_s))
     conn.test_deadline = time.monotonic() + timeouts.load_s
-    reply = session.request({"op": "start", "code": code, "setup": tests.setup, "limits": limits.runner(),
+    reply = session.request({"op": "start", "code": code, "setup": tests.setup, "limits": runner_limits,
                              "cpu_s": timeouts.test_cpu_s}, conn.budget())
     if not reply.get("ok"):
         status = str(reply.get("status"))
@@ -294,12 +321,12 @@ def reference_outputs(session: Session, code: str, entry_point: str, inputs: lis
     if not _defines_function(reply.get("names") or {}, entry_point):
         return _finish(session, Outcome("error", 0, len(inputs), f"the reference defines no '{entry_point}'"))
     try:
-        outputs = tuple(call_cases(conn, timeouts, entry_point, inputs))
+        outputs, cpu = call_cases(conn, timeouts, entry_point, inputs)
     except SolutionStopped as stop:
         return _finish(session, Outcome(stop.status, 0, len(inputs), _short(stop.detail), anomaly=True,
                                         backstop=stop.backstop))
     ok = sum(kind == "v" for kind, _ in outputs)
-    return _finish(session, Outcome("pass", ok, len(inputs), "", outputs=outputs))
+    return _finish(session, Outcome("pass", ok, len(inputs), "", outputs=tuple(outputs), cpu_s=tuple(cpu)))
 
 
 def _run_cases(conn: Connection, timeouts: Timeouts, cases: Cases, entry_point: str,
@@ -309,7 +336,7 @@ def _run_cases(conn: Connection, timeouts: Timeouts, cases: Cases, entry_point: 
     if not _defines_function(names, entry_point):
         return {i: f"NameError: the solution defines no function '{entry_point}'"
                 for i in range(len(cases.inputs))}, False
-    results = call_cases(conn, timeouts, entry_point, cases.inputs)
+    results, _ = call_cases(conn, timeouts, entry_point, cases.inputs, cases.cpu_s)
     failures: dict[int, str] = {}
     out_of_time = False
     for i, (result, expected) in enumerate(zip(results, cases.expected)):
@@ -336,27 +363,34 @@ def _defines_function(names: dict[str, Any], name: str) -> bool:
     return isinstance(info, dict) and info.get("kind") == "callable"
 
 
-def call_cases(conn: Connection, timeouts: Timeouts, entry_point: str, inputs: list[Any]) -> list[tuple[str, Any]]:
+def call_cases(conn: Connection, timeouts: Timeouts, entry_point: str, inputs: list[Any],
+               limits: list[float] | None = None) -> tuple[list[tuple[str, Any]], list[float]]:
     """(kind, value) per input, from one `cases` request: ("v", output), ("e", why) for an error, or
-    ("t", why) for a CPU-time overrun. Raises SolutionStopped like `ask`."""
+    ("t", why) for a CPU-time overrun; and the CPU seconds each input took. Each input runs under its
+    own limit (`limits`, else the floor `case_s`). Raises SolutionStopped like `ask`."""
     conn.test_deadline = float("inf")  # one deadline for the whole batch: the sample's
+    limits = list(limits) if limits is not None else [timeouts.case_s] * len(inputs)
+    nothing = [0.0] * len(inputs)
     try:
-        raw = conn.ask({"op": "cases", "name": entry_point, "inputs": inputs, "case_s": timeouts.case_s})
+        raw, reply = conn.ask_reply({"op": "cases", "name": entry_point, "inputs": inputs, "case_s": limits})
     except RemoteError as exc:
-        return [("e", str(exc))] * len(inputs)
+        return [("e", str(exc))] * len(inputs), nothing
     if not isinstance(raw, list) or len(raw) != len(inputs):
-        return [("e", "the sandbox answered the wrong number of results")] * len(inputs)
+        return [("e", "the sandbox answered the wrong number of results")] * len(inputs), nothing
+    cpu = reply.get("cpu_s")
+    if not (isinstance(cpu, list) and len(cpu) == len(inputs) and all(type(c) in (int, float) for c in cpu)):
+        cpu = nothing
     out: list[tuple[str, Any]] = []
-    for item in raw:
+    for item, limit in zip(raw, limits):
         if isinstance(item, tuple) and len(item) == 2 and item[0] == "v":
             out.append(("v", item[1]))  # may hold sandbox objects (see `opaque`)
         elif isinstance(item, tuple) and len(item) == 2 and item[0] == "e" and isinstance(item[1], str):
             out.append(("e", item[1]))
         elif item == ("t",):
-            out.append(("t", f"CPU time limit ({timeouts.case_s:g}s) exceeded"))
+            out.append(("t", f"CPU time limit ({limit:g}s) exceeded"))
         else:
             out.append(("e", "malformed result from the sandbox"))
-    return out
+    return out, [float(c) for c in cpu]
 
 
 def opaque(value: Any, depth: int = 0) -> bool:
