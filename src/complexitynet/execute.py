@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from complexitynet.errors import DataError
+from complexitynet.io import AppendLog
 from complexitynet.sandbox.harness import Outcome
 from complexitynet.sandbox.pool import Job, SandboxPool
 from complexitynet.sandbox.backends import HASH_SEED
@@ -51,30 +51,35 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=True)
 
 
-class VerdictCache:
-    """Append-only log of outcomes by job key; a torn last line (killed mid-write) is ignored."""
+STATUSES = ("pass", "fail", "timeout", "error", "crash")
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, dict[str, Any]] = {}
-        if path.exists():
-            for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                try:
-                    row = json.loads(line)
-                    self.entries[row["key"]] = row["outcome"]
-                except (ValueError, KeyError, TypeError):
-                    log.warning("%s:%d: skipping an unreadable cache line (interrupted write)", path, lineno)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a", encoding="utf-8")
 
-    def add(self, key: str, outcome: dict[str, Any]) -> None:
-        self.entries[key] = outcome
-        self._fh.write(json.dumps({"key": key, "outcome": outcome}, sort_keys=True) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+def verdict_cache(path: Path) -> AppendLog:
+    """Outcomes of one model's runs by job key (locked, checksummed, torn tail cut: io.AppendLog)."""
+    return AppendLog(path, "complexitynet execute", check_outcome)
 
-    def close(self) -> None:
-        self._fh.close()
+
+def check_outcome(record: dict[str, Any]) -> str | None:
+    """Why a cached outcome cannot be a verdict this code wrote (None when it can): a status with
+    test counts that contradict it, failed-test indices out of range, missing fields."""
+    out = record.get("outcome")
+    if not isinstance(out, dict):
+        return "no outcome"
+    total, passed, failed = out.get("tests_total"), out.get("tests_passed"), out.get("failed")
+    if out.get("status") not in STATUSES:
+        return "unknown status"
+    if not (type(total) is int and type(passed) is int and 0 <= passed <= total and isinstance(failed, list)
+            and all(type(i) is int for i in failed)):
+        return "malformed test counts"
+    if sorted(set(failed)) != failed or (failed and not 0 <= failed[0] <= failed[-1] < total) \
+            or passed + len(failed) != total:
+        return "test counts that disagree"
+    if (out["status"] == "pass") != (not failed) and not (out["status"] != "pass" and total == 0):
+        return "a status that disagrees with its tests"
+    if not isinstance(out.get("produced_by"), dict) or not isinstance(out.get("detail"), str) \
+            or type(out.get("duration_s")) not in (int, float):
+        return "missing fields"
+    return None
 
 
 @dataclass
@@ -83,14 +88,14 @@ class Plan:
 
     keyed: dict[str, dict[tuple[str, int], tuple[str | None, str]]]  # model -> (task, trial) -> (visible, hidden)
     todo: dict[tuple[str, str], Job]                # (model, key) -> job; identical runs happen once per model
-    caches: dict[str, VerdictCache | None]
+    caches: dict[str, AppendLog | None]
     fresh: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def add(self, model: str, key: str, record: dict[str, Any]) -> None:
         """Keep one finished job's result record (and append it to the cache, durably)."""
         self.fresh[model, key] = record
         if self.caches[model] is not None:
-            self.caches[model].add(key, record)  # type: ignore[union-attr]
+            self.caches[model].add({"key": key, "outcome": record})  # type: ignore[union-attr]
 
     def close(self) -> None:
         for cache in self.caches.values():
@@ -98,10 +103,29 @@ class Plan:
                 cache.close()
 
 
+def _open_caches(cache_dir: Path, models: list[str]) -> dict[str, AppendLog | None]:
+    caches: dict[str, AppendLog | None] = {}
+    try:
+        for model in models:
+            caches[model] = verdict_cache(cache_dir / f"{model}.jsonl")
+    except BaseException:
+        Plan({}, {}, caches).close()
+        raise
+    return caches
+
+
 def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerprint: str,
          cache_dir: Path | None) -> Plan:
     """Key every sample's visible and hidden run by content and list the jobs the cache cannot answer."""
-    caches = {m: VerdictCache(cache_dir / f"{m}.jsonl") if cache_dir else None for m in samples}
+    for model, rows in samples.items():  # bad input stops here, before any cache is opened or work done
+        for sample in rows:
+            problem = problems.get(sample.task_id)
+            if problem is None:
+                raise DataError(f"data/samples/{model}.jsonl: task '{sample.task_id}' is not in "
+                                "data/problems.jsonl; rerun `complexitynet sample`")
+            if problem.hidden.total == 0:
+                raise DataError(f"data/problems.jsonl: {sample.task_id} has no hidden tests; nothing can judge it")
+    caches = _open_caches(cache_dir, list(samples)) if cache_dir else dict.fromkeys(samples)
     keyed: dict[str, dict[tuple[str, int], tuple[str | None, str]]] = {}
     todo: dict[tuple[str, str], Job] = {}
     suites: dict[int, str] = {}  # id(Tests) -> suite_json, for the problems held in `problems`
@@ -109,10 +133,7 @@ def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerp
         keyed[model] = {}
         cache = caches[model]
         for sample in rows:
-            problem = problems.get(sample.task_id)
-            if problem is None:
-                raise DataError(f"data/samples/{model}.jsonl: task '{sample.task_id}' is not in "
-                                "data/problems.jsonl; rerun `complexitynet sample`")
+            problem = problems[sample.task_id]
             keys = []
             for tests in (problem.visible, problem.hidden):
                 if tests.total == 0:
@@ -122,10 +143,8 @@ def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerp
                     suites[id(tests)] = suite_json(tests)
                 key = job_key(fingerprint, sample.code, suites[id(tests)], problem.entry_point)
                 keys.append(key)
-                if (cache is None or key not in cache.entries) and (model, key) not in todo:
+                if (cache is None or key not in cache.records) and (model, key) not in todo:
                     todo[model, key] = Job((model, key), sample.code, tests, problem.entry_point)
-            if keys[1] is None:
-                raise DataError(f"data/problems.jsonl: {sample.task_id} has no hidden tests; nothing can judge it")
             keyed[model][sample.task_id, sample.trial] = (keys[0], keys[1])
     total = sum(len(k) for k in keyed.values())
     log.info("execute: %d samples, %d to run (the rest cached or shared)", total, len(todo))
@@ -147,7 +166,7 @@ def assemble(samples: dict[str, list[Sample]], done: Plan) -> dict[str, list[Ver
         out = []
         for sample in rows:
             keys = done.keyed[model][sample.task_id, sample.trial]
-            records = [None if k is None else (done.fresh.get((model, k)) or done.caches[model].entries[k])  # type: ignore[union-attr]
+            records = [None if k is None else (done.fresh.get((model, k)) or done.caches[model].records[k]["outcome"])  # type: ignore[union-attr]
                        for k in keys]
             visible, hidden = records
             seconds = hidden["duration_s"] + (visible["duration_s"] if visible and keys[0] != keys[1] else 0)  # type: ignore[index]

@@ -140,3 +140,96 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj
+
+
+class AppendLog:
+    """An append-only JSONL log of records by key, for caches that a killed run resumes from.
+
+    - One exclusive lock per log (a lock file beside it): a second run on the same cache stops at
+      once with a clear error instead of doing all the work again.
+    - A torn last line (a writer killed mid-line, a full disk) is cut before anything is appended.
+    - Every record carries a checksum of its own content; a record whose checksum does not match,
+      or that `check` rejects (a record that disagrees with itself), is dropped, with one warning,
+      and the file is compacted so the warning is not repeated: the caller re-does that work.
+    - Each line goes out in a single write(), so a kill never leaves half a record behind.
+    """
+
+    def __init__(self, path: Path, owner: str, check: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+        import fcntl
+        import logging
+
+        self.path, self._log = path, logging.getLogger(__name__)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock)
+            raise DataError(f"{path}: another `{owner}` is using this cache; wait for it to finish "
+                            "(or stop it) and rerun") from None
+        self.records: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        try:
+            self._load(check)
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    @staticmethod
+    def checksum(record: dict[str, Any]) -> str:
+        body = {k: v for k, v in record.items() if k != "sum"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+    def _load(self, check: Callable[[dict[str, Any]], str | None] | None) -> None:
+        data = self.path.read_bytes() if self.path.exists() else b""
+        end = data.rfind(b"\n") + 1
+        torn = len(data) - end
+        bad: dict[str, int] = {}
+        for line in data[:end].splitlines():
+            try:
+                record = json.loads(line)
+                why = ("no record key" if not isinstance(record, dict) or not isinstance(record.get("key"), str)
+                       else "checksum mismatch" if record.get("sum") != self.checksum(record)
+                       else check(record) if check else None)
+            except ValueError:
+                record, why = None, "not JSON"
+            if why:
+                bad[why] = bad.get(why, 0) + 1
+                continue
+            self.records[record["key"]] = record  # type: ignore[index]
+        if torn:
+            self._log.warning("%s: cut a torn last line (%d bytes) left by an interrupted run", self.path, torn)
+        if bad:
+            self._log.warning("%s: dropped %d record(s) that failed their checks (%s); their work is redone",
+                              self.path, sum(bad.values()), ", ".join(f"{n} {why}" for why, n in sorted(bad.items())))
+        if torn or bad:  # rewrite only what holds, so the next run starts clean
+            with atomic_write(self.path, "wb") as fh:
+                for record in self.records.values():
+                    fh.write(self._line(record))
+
+    def _line(self, record: dict[str, Any]) -> bytes:
+        return (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Append one record (a dict with a string `key`); its checksum is added here."""
+        record = {**record, "sum": self.checksum(record)}
+        line = self._line(record)
+        written = os.write(self._fd, line)  # one write() of the whole line
+        if written != len(line):
+            raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
+        self.records[record["key"]] = record
+        self._dirty = True
+
+    def sync(self) -> None:
+        """fsync what was appended (durability against a machine crash; a killed process loses nothing)."""
+        if self._dirty:
+            self._dirty = False
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        try:
+            self.sync()
+        finally:
+            os.close(self._fd)
+            os.close(self._lock)  # releases the lock

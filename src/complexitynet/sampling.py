@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -32,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from complexitynet.config import Price
-from complexitynet.errors import ComplexityNetError, DataError
+from complexitynet.errors import ComplexityNetError
+from complexitynet.io import AppendLog
 from complexitynet.providers.base import LiveProvider, RawCompletion, Request, RequestError, RetryableError
 
 log = logging.getLogger(__name__)
@@ -71,59 +70,17 @@ def backoff_s(attempt: int, base_s: float, retry_after: float | None, rng: rando
     return ours
 
 
-class SampleCache:
-    """Append-only log of finished requests for one model, by request key.
+def sample_cache(path: Path) -> AppendLog:
+    """Finished requests of one model, by request key (locked, checksummed, torn tail cut: io.AppendLog)."""
+    return AppendLog(path, "complexitynet sample", _check_sample_record)
 
-    Opening it takes an exclusive lock (a second run on the same cache stops with a clear error)
-    and cuts a torn last line left by a killed writer, so appends never glue onto a fragment.
-    """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise DataError(f"{path}: another `complexitynet sample` is using this cache; "
-                            "wait for it to finish (or stop it) and rerun") from None
-        self.records: dict[str, dict[str, Any]] = {}
-        self._load()
-        self._dirty = False
-
-    def _load(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run",
-                        self.path, len(data) - end)
-            os.ftruncate(self._fd, end)
-        for lineno, line in enumerate(data[:end].splitlines(), start=1):
-            try:
-                record = json.loads(line)
-                self.records[record["key"]] = record
-            except (ValueError, KeyError, TypeError):
-                raise DataError(f"{self.path}:{lineno}: not a sample cache record; delete the file to "
-                                "start this model's cache afresh") from None
-
-    def add(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n").encode()
-        written = os.write(self._fd, line)  # one write() of the whole line: a kill cannot tear it
-        if written != len(line):
-            raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
-        self.records[record["key"]] = record
-        self._dirty = True
-
-    def sync(self) -> None:
-        """fsync what was appended (durability against a machine crash; a killed process loses nothing)."""
-        if self._dirty:
-            self._dirty = False
-            os.fsync(self._fd)
-
-    def close(self) -> None:
-        self.sync()
-        os.close(self._fd)  # also releases the lock
+def _check_sample_record(record: dict[str, Any]) -> str | None:
+    if not isinstance(record.get("completion"), str):
+        return "no completion"
+    if not all(type(record.get(k)) is int and record[k] >= 0 for k in ("prompt_tokens", "completion_tokens")):
+        return "token counts not non-negative integers"
+    return None
 
 
 class Budget:
@@ -189,7 +146,7 @@ class LiveModel:
     provider: LiveProvider
     price: Price
     requests: list[Request]
-    cache: SampleCache
+    cache: AppendLog
     stats: ModelStats = field(default_factory=ModelStats)
     keys: dict[tuple[str, int], str] = field(default_factory=dict)  # (task, trial) -> request key
 
@@ -390,7 +347,7 @@ def _record(model: str, key: str, request: Request, raw: RawCompletion) -> dict[
             "latency_s": None if raw.latency_s is None else round(raw.latency_s, 4)}
 
 
-async def _syncer(caches: list[SampleCache], stop: asyncio.Event) -> None:
+async def _syncer(caches: list[AppendLog], stop: asyncio.Event) -> None:
     """fsync appended records in a thread, coalesced, so the event loop never waits on the disk."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -429,11 +386,11 @@ async def run_live(models: list[LiveModel], budget: Budget, chars_per_token: flo
 
 
 @contextlib.contextmanager
-def open_caches(cache_dir: Path, names: list[str]) -> Iterator[dict[str, SampleCache]]:
-    caches: dict[str, SampleCache] = {}
+def open_caches(cache_dir: Path, names: list[str]) -> Iterator[dict[str, AppendLog]]:
+    caches: dict[str, AppendLog] = {}
     try:
         for name in names:
-            caches[name] = SampleCache(cache_dir / f"{name}.jsonl")
+            caches[name] = sample_cache(cache_dir / f"{name}.jsonl")
         yield caches
     finally:
         for cache in caches.values():

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from complexitynet.cli import main
+from complexitynet.execute import verdict_cache
 from tests.sandbox.sandboxes import make
 
 pytestmark = [pytest.mark.integration]
@@ -72,6 +73,30 @@ def test_execute_writes_verdicts_metrics_and_reuses_the_cache(workdir, caplog):
     assert main(["execute"]) == 0
     assert "0 to run" in caplog.text
     assert Path("data/verdicts/mine.jsonl").read_bytes() == first
+
+    # a second execute in the same checkout stops at once instead of doing all the work again
+    cache = Path("data/cache/verdicts/mine.jsonl")
+    held = verdict_cache(cache)
+    caplog.clear()
+    assert main(["execute"]) == 2 and "another `complexitynet execute` is using this cache" in caplog.text
+    held.close()
+    # a record edited by hand to "pass" and a torn last line: the record is dropped and re-run, the
+    # fragment cut; the verdicts come out as before
+    lines = cache.read_text().splitlines()
+    failing = next(i for i, line in enumerate(lines) if json.loads(line)["outcome"]["status"] == "fail")
+    forged = json.loads(lines[failing])
+    forged["outcome"] |= {"status": "pass"}
+    lines[failing] = json.dumps(forged)
+    cache.write_text("\n".join(lines) + '\n{"key": "0f3a", "outco')
+    caplog.clear()
+    assert main(["execute"]) == 0
+    assert "1 to run" in caplog.text and "1 checksum mismatch" in caplog.text and "torn" in caplog.text
+    assert _statuses(Path("data/verdicts/mine.jsonl").read_bytes()) == _statuses(first)
+
+
+def _statuses(verdicts: bytes) -> list:
+    return [(v["trial"], v["visible"]["status"], v["hidden"]["status"], v["hidden"]["tests_passed"])
+            for v in map(json.loads, verdicts.decode().splitlines())]
 
 
 def test_killed_run_resumes_byte_identical(tmp_path, mirror):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -56,6 +57,75 @@ class FlakyBackend(Backend):
             self.failures -= 1
             raise SandboxError("simulated: container could not start")
         return self.inner.open(slot)
+
+
+class SabotagedBackend(Backend):
+    """A real backend whose first `times` sessions are killed or paused from outside 0.3 s into their
+    first sample (as `docker kill`/`docker pause` or a SIGKILL of bwrap would)."""
+
+    def __init__(self, inner: Backend, times: int, how: str = "kill"):
+        self.inner, self.times, self.how, self.name = inner, times, how, inner.name
+
+    @property
+    def sandbox(self) -> str:
+        return self.inner.sandbox
+
+    def open(self, slot: int):
+        session = self.inner.open(slot)
+        if self.times > 0:
+            self.times -= 1
+            action = _kill if self.how == "kill" else lambda s: s.container.pause()
+            threading.Timer(0.3, action, args=(session,)).start()
+        return session
+
+
+def test_sandboxes_killed_from_outside_again_and_again_are_never_the_models_failure(backend):
+    pool = SandboxPool(SabotagedBackend(backend, times=3), 1, LIMITS, TIMEOUTS)
+    try:
+        _, outcome, _ = pool.run(SLOW_OK)
+    finally:
+        pool.close(close_backend=False)
+    assert outcome.status == "pass" and pool.recycled == 3, outcome
+
+
+def test_a_paused_container_is_retried_not_judged(backend):
+    if backend.name != "docker":
+        pytest.skip("docker pause")
+    pool = SandboxPool(SabotagedBackend(backend, times=1, how="pause"), 1, LIMITS, TIMEOUTS)
+    try:
+        _, outcome, _ = pool.run(SLOW_OK)
+    finally:
+        pool.close(close_backend=False)
+    assert outcome.status == "pass" and pool.recycled == 1, outcome
+
+
+def test_sandboxes_killed_from_outside_every_time_stop_the_stage_with_nothing_recorded(backend):
+    pool = SandboxPool(SabotagedBackend(backend, times=99), 1, LIMITS, TIMEOUTS)
+    try:
+        with pytest.raises(SandboxError, match="failed 5 times from outside while running slow.*nothing was recorded"):
+            pool.run(SLOW_OK)
+    finally:
+        pool.close(close_backend=False)
+
+
+def test_containers_left_by_a_killed_run_are_removed_at_the_next_start(backend):
+    if backend.name != "docker":
+        pytest.skip("bwrap leaves no containers: its sandboxes die with their parent")
+    import subprocess
+
+    from complexitynet.sandbox.backends import DockerSession
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs, like an `execute` that was SIGKILLed
+    left = backend.client.containers.create(backend.image, labels={DockerSession.LABEL: str(dead.pid)})
+    mine = backend.client.containers.create(backend.image, labels={DockerSession.LABEL: str(os.getpid())})
+    try:
+        fresh = DockerBackend(LIMITS)
+        fresh.close()
+        remaining = {c.id for c in backend.client.containers.list(all=True, filters={"label": DockerSession.LABEL})}
+        assert left.id not in remaining and mine.id in remaining and fresh.removed_leftovers >= 1
+    finally:
+        mine.remove(force=True)
 
 
 def test_transient_start_failures_are_retried(backend):

@@ -2,7 +2,7 @@ import pytest
 from pydantic import BaseModel
 
 from complexitynet.errors import DataError
-from complexitynet.io import atomic_write, read_jsonl, write_jsonl
+from complexitynet.io import AppendLog, atomic_write, read_jsonl, write_jsonl
 
 
 class Row(BaseModel):
@@ -73,3 +73,37 @@ def test_atomic_dir_replaces_the_old_directory_only_when_the_block_succeeds(tmp_
         raise RuntimeError("killed halfway")
     assert (target / "a.json").read_text() == "1"  # the old one stands
     assert sorted(p.name for p in target.parent.iterdir()) == ["router"]  # no half-written leftovers
+
+
+def test_append_log_cuts_a_torn_tail_refuses_a_second_writer_and_drops_forged_records(tmp_path, caplog):
+    import json
+
+    path = tmp_path / "log.jsonl"
+    log = AppendLog(path, "complexitynet test", lambda r: None if r.get("n", 0) >= 0 else "negative n")
+    log.add({"key": "a", "n": 1})
+    with pytest.raises(DataError, match="another `complexitynet test` is using this cache"):
+        AppendLog(path, "complexitynet test")
+    log.close()
+    with open(path, "ab") as fh:
+        fh.write(b'{"key": "b", "n')  # a writer killed mid-line (or a full disk)
+    log = AppendLog(path, "complexitynet test")
+    assert list(log.records) == ["a"] and "cut a torn last line" in caplog.text
+    log.add({"key": "b", "n": 2})  # lands on its own line, not glued to the fragment
+    log.close()
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
+
+    # an edited record fails its checksum; a re-summed one that disagrees with itself fails the check
+    edited = json.loads(lines[0]) | {"n": 5}
+    forged = {"key": "c", "n": -1}
+    forged["sum"] = AppendLog.checksum(forged)
+    path.write_text("\n".join([json.dumps(edited), lines[1], json.dumps(forged), "not json"]) + "\n")
+    caplog.clear()
+    log = AppendLog(path, "complexitynet test", lambda r: None if r.get("n", 0) >= 0 else "negative n")
+    assert list(log.records) == ["b"]
+    assert "dropped 3 record(s)" in caplog.text and "1 checksum mismatch" in caplog.text
+    log.close()
+    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["b"]  # compacted
+    caplog.clear()
+    AppendLog(path, "complexitynet test").close()
+    assert caplog.text == ""  # the warning is not repeated

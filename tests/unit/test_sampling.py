@@ -27,10 +27,10 @@ from complexitynet.sampling import (
     RETRY_AFTER_CAP_S,
     Budget,
     Pacer,
-    SampleCache,
     backoff_s,
     latency_summary,
     request_key,
+    sample_cache,
     worst_case_usd,
 )
 from tests.live_helpers import make_problems
@@ -85,23 +85,17 @@ def test_worst_case_bounds_prompt_bytes_and_max_tokens():
     assert worst_case_usd(price, "héllo", 100) == pytest.approx(((6 + 64) * 2 + 100 * 10) / 1e6)
 
 
-def test_cache_appends_survives_a_torn_last_line_and_refuses_a_second_writer(tmp_path, caplog):
+def test_sample_cache_is_locked_and_drops_records_that_disagree_with_themselves(tmp_path, caplog):
     path = tmp_path / "m.jsonl"
-    cache = SampleCache(path)
-    cache.add({"key": "a", "completion": "x"})
+    cache = sample_cache(path)
+    cache.add({"key": "a", "completion": "x", "prompt_tokens": 3, "completion_tokens": 1})
     with pytest.raises(DataError, match="another `complexitynet sample` is using this cache"):
-        SampleCache(path)
+        sample_cache(path)
+    cache.add({"key": "b", "completion": None, "prompt_tokens": 3, "completion_tokens": 1})  # e.g. an old bug
     cache.close()
-    with open(path, "ab") as fh:
-        fh.write(b'{"key": "b", "compl')  # a writer killed mid-line
-    cache = SampleCache(path)
-    assert list(cache.records) == ["a"] and "dropping a torn last line" in caplog.text
-    cache.add({"key": "b", "completion": "y"})
-    cache.close()
-    assert [json.loads(line)["key"] for line in path.read_text().splitlines()] == ["a", "b"]
-    path.write_text('{"key": "a"}\nnot json\n{"key": "c"}\n')
-    with pytest.raises(DataError, match=r"m.jsonl:2: not a sample cache record"):
-        SampleCache(path)
+    again = sample_cache(path)
+    assert list(again.records) == ["a"] and "1 no completion" in caplog.text
+    again.close()
 
 
 def test_budget_reserves_worst_case_and_settles_actual():

@@ -12,6 +12,7 @@ raise `SandboxError`; they are retried by the caller and never become a model's 
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import shutil
@@ -29,6 +30,7 @@ from complexitynet.errors import ComplexityNetError
 from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.image import ensure_image, sandbox_files
 
+log = logging.getLogger(__name__)
 GRACE_S = 5.0  # how much longer than a request's own timeout the harness waits for the supervisor
 # A fixed hash seed inside every sandbox: set iteration order (and so some answers) must not depend on luck.
 HASH_SEED = 0
@@ -112,6 +114,11 @@ class Session(ABC):
     @abstractmethod
     def describe_exit(self) -> str: ...
 
+    def outside_fault(self) -> str | None:
+        """Why this sandbox failed, when something outside it did it (killed, paused or removed by the
+        host or the engine, which no sample can do); None when the sample may be the cause."""
+        return None
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -170,6 +177,19 @@ class BwrapSession(Session):
             return "still running"
         err = self.proc.stderr.read().decode(errors="replace")[-500:] if self.proc.stderr else ""
         return f"exit code {code}; {err.strip()}"
+
+    def outside_fault(self) -> str | None:
+        # bwrap runs outside the sample's pid namespace, and the runner is the namespace's pid 1: the
+        # sample can signal neither, so a signal death or a stop came from the host.
+        code = self.proc.poll()
+        if code is not None:
+            return f"bwrap was killed by signal {-code}" if code < 0 else \
+                "the supervisor was killed by SIGKILL" if code == 137 else None
+        try:
+            state = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None
+        return "bwrap was stopped" if state in ("T", "t") else None
 
     def close(self) -> None:
         # EOF on stdin lets the supervisor exit and bwrap reap its namespace; killing bwrap outright
@@ -256,6 +276,25 @@ class DockerSession(Session):
         except Exception as exc:  # noqa: BLE001 - diagnostics only
             return f"container state unknown ({exc})"
 
+    def outside_fault(self) -> str | None:
+        # The runner is the container's pid 1, which the kernel shields from the sample's signals: a
+        # SIGKILL (exit code 137) without the memory cgroup's OOM kill, a pause or a removal came from
+        # outside (docker kill/pause/rm, an engine restart).
+        import docker.errors
+
+        try:
+            self.container.reload()
+        except docker.errors.NotFound:
+            return "the container was removed"
+        except Exception as exc:  # noqa: BLE001 - an engine that does not answer is not the sample's doing
+            return f"the Docker engine did not answer ({type(exc).__name__})"
+        state = self.container.attrs.get("State", {})
+        if state.get("Paused") or state.get("Status") == "paused":
+            return "the container was paused"
+        if state.get("Status") in ("exited", "dead") and state.get("ExitCode") == 137 and not state.get("OOMKilled"):
+            return "the container was killed (exit code 137)"
+        return None
+
     def close(self) -> None:
         import docker.errors
 
@@ -320,6 +359,7 @@ class DockerBackend(Backend):
         self.limits = limits
         self.image = ensure_image(self.client, image_build)
         self.uid_base = uid_base + (os.getpid() % 256) * 64
+        self.removed_leftovers = remove_leftover_containers(self.client)
 
     @property
     def sandbox(self) -> str:
@@ -330,6 +370,36 @@ class DockerBackend(Backend):
 
     def close(self) -> None:
         self.client.close()
+
+
+def remove_leftover_containers(client) -> int:
+    """Remove sandbox containers whose run is gone (a SIGKILLed execute cannot clean up after itself);
+    those of runs still alive on this host are left alone. Returns how many were removed."""
+    import docker.errors
+
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": DockerSession.LABEL}):
+        owner = container.labels.get(DockerSession.LABEL, "")
+        if owner.isdigit() and _alive(int(owner)):
+            continue
+        try:
+            container.remove(force=True)
+            removed += 1
+        except docker.errors.DockerException:
+            pass
+    if removed:
+        log.info("removed %d sandbox container(s) left by runs that were killed", removed)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def docker_available() -> bool:

@@ -21,6 +21,7 @@ from complexitynet.sandbox.harness import Outcome, Timeouts, reference_outputs, 
 from complexitynet.schemas import Tests
 
 log = logging.getLogger(__name__)
+OUTSIDE_FAULTS = 5  # sandboxes killed from outside while running one job before the stage stops
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class SandboxPool:
     def run(self, job: Job) -> tuple[object, Outcome, float]:
         slot, session = self._idle.get()
         try:
-            sandbox_failures, retried = 0, False
+            sandbox_failures, outside_faults, retried = 0, 0, False
             while True:
                 if session is None:
                     session = self._open(slot)
@@ -75,9 +76,19 @@ class SandboxPool:
                         outcome = reference_outputs(session, job.code, job.entry_point, job.inputs, self.limits,
                                                     self.timeouts, job.tests.setup)
                 except SandboxError as exc:
+                    fault = session.outside_fault()  # asked before close: it reads the sandbox's state
                     session.close()
                     session = None
                     self.recycled += 1
+                    if fault is not None:  # killed, paused, removed from outside: never the model's failure
+                        outside_faults += 1
+                        if outside_faults >= OUTSIDE_FAULTS:
+                            raise SandboxError(
+                                f"the sandbox failed {outside_faults} times from outside while running {job.key} "
+                                f"(last: {fault}); nothing was recorded for it. Check the host and the engine "
+                                "(`docker events`), then rerun: finished work is cached") from None
+                        log.warning("sandbox for %s failed from outside (%s); retrying in a fresh one", job.key, fault)
+                        continue
                     sandbox_failures += 1
                     if sandbox_failures >= 2:  # fresh sandboxes die on this sample: the sample did it
                         return job.key, Outcome("crash", 0, job.tests.total, f"the sandbox died: {exc}",
