@@ -62,22 +62,21 @@ def test_checksum_mismatch_stops_fetch(workdir, mirror, tmp_path_factory, monkey
     assert not Path("data/sources/mbpp").exists()
 
 
-@pytest.mark.parametrize("corruption, expected", [
-    (lambda line: line[:40], "mbpp.jsonl:5: not valid JSON"),
-    (lambda line: json.dumps({k: v for k, v in json.loads(line).items() if k != "test_list"}),
-     "mbpp.jsonl:5: field 'test_list' is missing"),
-])
-def test_malformed_source_row_names_file_and_line_and_writes_nothing(workdir, caplog, corruption, expected):
+@pytest.mark.parametrize("stage, name", [("prepare", "mbpp"), ("sample", "complexitynet-gpt")])
+def test_a_source_edited_after_fetch_is_refused_before_use(workdir, caplog, stage, name):
+    """Every stage that reads a source checks its sha256 first, not only `fetch`."""
     assert main(["fetch"]) == 0
-    src = Path("data/sources") / FILES["mbpp"].relpath
+    if stage == "sample":
+        assert main(["prepare"]) == 0
+    src = Path("data/sources") / FILES[name].relpath
     lines = src.read_text().splitlines()
-    lines[4] = corruption(lines[4])
+    lines[4] = lines[4].replace('"', "'", 2)  # one record edited by hand
     src.chmod(0o644)
     src.write_text("\n".join(lines) + "\n")
-    assert main(["prepare"]) == 2
-    assert expected in caplog.text
-    assert not Path("data/problems.jsonl").exists()
-    assert not list(Path("data").glob(".problems.jsonl.*"))
+    assert main([stage]) == 2
+    assert f"is not the pinned {FILES[name].sha256[:12]}" in caplog.text and "complexitynet fetch" in caplog.text
+    output = Path("data/problems.jsonl") if stage == "prepare" else Path("data/samples")
+    assert not output.exists() and not list(Path("data").glob(".problems.jsonl.*"))
 
 
 def test_bad_params_exit_2_naming_the_key(workdir, caplog):

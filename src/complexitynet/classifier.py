@@ -94,6 +94,20 @@ def save_classifier(model, tokenizer, out_dir: Path, meta: dict[str, Any]) -> No
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        stable_json(tmp / "adapter_config.json")
+
+
+def stable_json(path: Path) -> None:
+    """Rewrite a JSON file that a library wrote from sets (peft's `target_modules`, in hash order) with
+    sorted keys and lists, so retraining writes the same bytes."""
+    def canonical(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return sorted(value)
+        return value
+
+    path.write_text(json.dumps(canonical(json.loads(path.read_text())), indent=2, sort_keys=True) + "\n")
 
 
 def load_classifier(path: Path, on: str | None = None) -> Classifier:

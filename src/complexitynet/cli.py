@@ -7,6 +7,7 @@ stages.py (which the Prefect flow calls too); no logic lives here.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -137,7 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     except ComplexityNetError as exc:
         log.error("error: %s", exc)
         return 2
+    except OSError as exc:
+        if exc.errno not in _STORAGE_FIXES:
+            raise
+        log.error("error: %s: %s; %s (nothing half-written was left behind: rerun when fixed, finished "
+                  "work is kept)", exc.filename or "a file", exc.strerror, _STORAGE_FIXES[exc.errno])
+        return 2
     return 0
+
+
+# Storage failures a user fixes outside the program: one line naming the path, the cause and the fix.
+_STORAGE_FIXES = {
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some space within your disk quota",
+    errno.EROFS: "the file system is read-only; run from a writable checkout",
+    errno.EACCES: "make it writable for this user (or run from a checkout you own)",
+    errno.EPERM: "make it writable for this user (or run from a checkout you own)",
+}
 
 
 if __name__ == "__main__":

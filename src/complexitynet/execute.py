@@ -118,7 +118,12 @@ def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerp
          cache_dir: Path | None) -> Plan:
     """Key every sample's visible and hidden run by content and list the jobs the cache cannot answer."""
     for model, rows in samples.items():  # bad input stops here, before any cache is opened or work done
+        seen: set[tuple[str, int]] = set()
         for sample in rows:
+            if (sample.task_id, sample.trial) in seen:
+                raise DataError(f"data/samples/{model}.jsonl: {sample.task_id} trial {sample.trial} appears twice; "
+                                "remove the duplicate line or rerun `complexitynet sample`")
+            seen.add((sample.task_id, sample.trial))
             problem = problems.get(sample.task_id)
             if problem is None:
                 raise DataError(f"data/samples/{model}.jsonl: task '{sample.task_id}' is not in "

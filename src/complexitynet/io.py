@@ -8,6 +8,7 @@ fixed layout, so the order in which parallel work finishes never changes a byte.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -142,6 +143,17 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs on this host (the owner of a container or an MLflow run)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
 class AppendLog:
     """An append-only JSONL log of records by key, for caches that a killed run resumes from.
 
@@ -215,9 +227,13 @@ class AppendLog:
         """Append one record (a dict with a string `key`); its checksum is added here."""
         record = {**record, "sum": self.checksum(record)}
         line = self._line(record)
-        written = os.write(self._fd, line)  # one write() of the whole line
-        if written != len(line):
-            raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
+        try:
+            written = os.write(self._fd, line)  # one write() of the whole line
+        except OSError as exc:  # a full disk: name the file (a torn line left behind is cut on the next open)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+        if written != len(line):  # a regular file takes less than asked only when the disk is full
+            raise OSError(errno.ENOSPC, f"No space left on device (wrote {written} of {len(line)} bytes)",
+                          str(self.path))
         self.records[record["key"]] = record
         self._dirty = True
 
@@ -233,3 +249,27 @@ class AppendLog:
         finally:
             os.close(self._fd)
             os.close(self._lock)  # releases the lock
+
+
+def dump_joblib(model: Any, path: Path) -> None:
+    """joblib.dump, atomically, and byte-identical when the same model is fitted again: sklearn's
+    TF-IDF keeps the id() of its stop-word list (different in every process), which is dropped
+    here (sklearn re-checks the list when it is missing)."""
+    import joblib
+
+    seen: set[int] = set()
+    todo = [model]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            todo.extend(obj)
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            obj.__dict__.pop("_stop_words_id", None)
+            todo.extend(obj.__dict__.values())
+    with atomic_write(path, "wb") as fh:
+        joblib.dump(model, fh)

@@ -28,7 +28,7 @@ from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.harness import case_limits, opaque
 from complexitynet.sandbox.pool import Job, SandboxPool
 from complexitynet.schemas import Cases, Dataset, Problem, Split, Tests
-from complexitynet.sources import FILES
+from complexitynet.sources import source_path
 
 
 def mbpp_split(task: int) -> Split:
@@ -235,9 +235,7 @@ def check_visible(problems: list[Problem], pool: SandboxPool) -> list[Problem]:
 def read_problems(dataset: Dataset, sources_dir: Path, template: str, fractions: Splits, seed: int) -> list[Problem]:
     """The problems as their source states them, without running anything: visible tests, and hidden
     tests where the source has its own (HumanEval's check; MBPP's come from MBPP+ in `prepare`)."""
-    path = sources_dir / FILES[dataset].relpath
-    if not path.exists():
-        raise DataError(f"{path}: source not found; run `complexitynet fetch` first")
+    path = source_path(sources_dir, dataset)
     if dataset == "humaneval":
         return load_humaneval(path, template, fractions, seed)
     return load_mbpp(path, template)
@@ -252,7 +250,4 @@ def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Split
         return check_visible(problems, pool)
     if not use_mbppplus:
         return problems
-    plus_path = sources_dir / FILES["mbppplus"].relpath
-    if not plus_path.exists():
-        raise DataError(f"{plus_path}: source not found; run `complexitynet fetch` first")
-    return add_mbppplus(problems, mbppplus.load(plus_path), pool, progress)
+    return add_mbppplus(problems, mbppplus.load(source_path(sources_dir, "mbppplus")), pool, progress)

@@ -183,13 +183,11 @@ def save_router(spec: RouterSpec, fitted: dict[str, H.SuccessModel], out_dir) ->
     import json
     from pathlib import Path
 
-    import joblib
-
-    from complexitynet.io import atomic_dir
+    from complexitynet.io import atomic_dir, dump_joblib
 
     with atomic_dir(Path(out_dir)) as tmp:
         for name, model in fitted.items():
-            joblib.dump(model, tmp / f"{name}.joblib")
+            dump_joblib(model, tmp / f"{name}.joblib")
         (tmp / SPEC_FILE).write_text(json.dumps(spec.as_json(), indent=2, sort_keys=True) + "\n")
 
 

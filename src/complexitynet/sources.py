@@ -8,6 +8,7 @@ The mirror layout is the `relpath` column, which is also where `fetch` puts the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 _RAW = "https://raw.githubusercontent.com"
 _COMPLEXITYNET = f"{_RAW}/BaeHenryS/ComplexityNet/fb098ccf9138ae349d5ac5c388d3299bdac4415e"
@@ -101,3 +102,28 @@ for _name, _sha in _OPEN_MODELS.items():
         f"recorded/humaneval-adaptivellm/open-models/{_file}", f"{_ADAPTIVELLM}/Result/{_file}", _sha,
         "as published by the AdaptiveLLM authors",
     )
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, once per process
+
+
+def source_path(sources_dir: Path, name: str) -> Path:
+    """The path of source `name` under `sources_dir`, after checking its sha256 against the pinned
+    one (once per file and run): a file edited or replaced by hand is refused, never used silently."""
+    from complexitynet.errors import DataError
+    from complexitynet.io import sha256_file
+
+    spec = FILES[name]
+    path = sources_dir / spec.relpath
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run `complexitynet fetch` (or `dvc repro fetch`)") from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = sha256_file(path)
+    if _VERIFIED[key] != spec.sha256:
+        raise DataError(f"{path}: sha256 {_VERIFIED[key][:12]}... is not the pinned {spec.sha256[:12]}... of "
+                        f"{name}; the file was changed after it was fetched. Delete it and run "
+                        "`complexitynet fetch` to get the pinned file back")
+    return path

@@ -212,11 +212,11 @@ def train(problems: list[Problem], labels: list[Label], classes: list[str], cfg:
     import tempfile
     from pathlib import Path
 
-    import joblib
     import mlflow
     from sklearn.metrics import classification_report
 
     from complexitynet import tracking
+    from complexitynet.io import dump_joblib
     from complexitynet.classifier import Classifier, pyfunc_model, save_classifier
     from complexitynet.plots import confusion_matrix, confusion_png
 
@@ -268,7 +268,7 @@ def train(problems: list[Problem], labels: list[Label], classes: list[str], cfg:
             mlflow.log_params({"baseline": name, **sizes})
             mlflow.log_metrics({f"best_val_{k}": v for k, v in result.items()})
             path = Path(baselines_dir) / f"{name}.joblib"
-            joblib.dump(model, path)
+            dump_joblib(model, path)
             mlflow.log_artifact(str(path))
             metrics["models"][name] = result
     return metrics

@@ -152,3 +152,28 @@ def test_cross_validation_over_non_test_prompts():
     assert len(cv["per_fold"]["lora"]) == 2 and len(cv["per_fold"]["tfidf_lr"]) == 2
     for name in ("lora", "tfidf_lr"):
         assert 0 <= cv[name]["accuracy"]["mean"] <= 1 and cv[name]["macro_f1"]["std"] >= 0
+
+
+def test_a_killed_run_is_marked_failed_at_the_next_start(mlflow_env):
+    """A SIGKILLed train cannot end its MLflow run; the next start of train or evaluate does, and
+    leaves the runs of live processes alone."""
+    import mlflow
+
+    from complexitynet import tracking
+
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import time, mlflow\n"
+        "from complexitynet import tracking\n"
+        "tracking.setup('test-exp')\n"
+        "run = mlflow.start_run(run_name='doomed', tags=tracking.owner_tags())\n"
+        "print(run.info.run_id, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    doomed = child.stdout.readline().strip()
+    child.kill()
+    child.wait()
+    tracking.setup("test-exp")  # the experiment exists now: this start looks for orphans
+    with mlflow.start_run(run_name="alive", tags=tracking.owner_tags()) as alive:
+        tracking.setup("test-exp")
+        client = mlflow.MlflowClient()
+        assert client.get_run(doomed).info.status == "FAILED"
+        assert client.get_run(alive.info.run_id).info.status == "RUNNING"

@@ -133,3 +133,54 @@ def test_killed_run_resumes_byte_identical(tmp_path, mirror):
                  for k, v in r.items() if k != "duration_s"} for r in rows]
 
     assert strip(runs["killed"]) == strip(runs["straight"])
+
+
+def test_a_full_then_read_only_disk_ends_with_one_clear_line_and_loses_nothing(tmp_path, mirror, monkeypatch, caplog):
+    """A full disk while the cache is written, then a read-only verdicts directory: each run ends
+    with a one-line error naming the file, the cause and the fix (exit 2); the run after keeps every
+    finished verdict, cuts the torn line the full disk left, and executes nothing twice."""
+    backend = "bwrap" if shutil.which("bwrap") else "docker"
+    make(backend).close()
+    write_workdir(tmp_path, mirror, backend, slow=12)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COMPLEXITYNET_MIRROR", str(mirror))
+    for stage in ("fetch", "prepare", "sample"):
+        assert main([stage]) == 0
+    cache_dir, verdicts = tmp_path / "data/cache/verdicts", tmp_path / "data/verdicts"
+    cache_dir.mkdir(parents=True)
+    verdicts.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(cache_dir)],
+                      capture_output=True).returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a small tmpfs")
+        pytest.skip("needs root to mount a 4 kB tmpfs (a disk that fills up)")
+    try:
+        assert main(["execute"]) == 2
+        assert "mine.jsonl: No space left on device" in caplog.text and "free some disk space" in caplog.text
+        held = (cache_dir / "mine.jsonl").read_bytes()
+    finally:
+        subprocess.run(["umount", str(cache_dir)], check=True)
+    (cache_dir / "mine.jsonl").write_bytes(held)  # the same bytes, now on a disk with room
+    finished = held.count(b"\n")
+    assert 0 < finished < 16
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(verdicts)], check=True)
+    try:
+        caplog.clear()
+        assert main(["execute"]) == 2
+        assert "Read-only file system" in caplog.text and "run from a writable checkout" in caplog.text
+    finally:
+        subprocess.run(["umount", str(verdicts)], check=True)
+    caplog.clear()
+    assert main(["execute"]) == 0
+    keys = [json.loads(line)["key"] for line in (cache_dir / "mine.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 16  # nothing lost, nothing executed twice
+    assert len(Path("data/verdicts/mine.jsonl").read_text().splitlines()) == 16
+
+
+def test_a_duplicated_sample_line_is_named_in_the_samples_file(workdir, caplog):
+    samples = Path("data/samples/mine.jsonl")
+    lines = samples.read_text().splitlines()
+    samples.write_text("\n".join(lines + lines[:1]) + "\n")
+    assert main(["execute"]) == 2
+    assert "data/samples/mine.jsonl: MBPP/2 trial 0 appears twice" in caplog.text
+    assert not Path("data/cache/verdicts/mine.jsonl").exists()  # stopped before any work

@@ -18,7 +18,7 @@ import pydantic
 from complexitynet.errors import DataError
 from complexitynet.io import iter_json_lines
 from complexitynet.providers.base import Provider, RawCompletion, Request
-from complexitynet.sources import FILES
+from complexitynet.sources import source_path
 
 if TYPE_CHECKING:
     from complexitynet.schemas import Problem
@@ -168,9 +168,7 @@ class RecordedProvider(Provider):
             return path, read_generic(path, spec.model)
         source = RECORDED_SOURCES[spec.source]
         file_key, field = source.models[spec.model]
-        path = self.sources_dir / FILES[file_key].relpath
-        if not path.exists():
-            raise DataError(f"{path}: recorded source not found; run `complexitynet fetch` first")
+        path = source_path(self.sources_dir, file_key)
         return path, source.reader(path, field)
 
     def completions(self, problems: Mapping[str, Problem]) -> list[RawCompletion]:

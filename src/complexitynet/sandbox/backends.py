@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from complexitynet.errors import ComplexityNetError
+from complexitynet.io import pid_alive
 from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.image import ensure_image, sandbox_files
 
@@ -380,7 +381,7 @@ def remove_leftover_containers(client) -> int:
     removed = 0
     for container in client.containers.list(all=True, filters={"label": DockerSession.LABEL}):
         owner = container.labels.get(DockerSession.LABEL, "")
-        if owner.isdigit() and _alive(int(owner)):
+        if owner.isdigit() and pid_alive(int(owner)):
             continue
         try:
             container.remove(force=True)
@@ -390,16 +391,6 @@ def remove_leftover_containers(client) -> int:
     if removed:
         log.info("removed %d sandbox container(s) left by runs that were killed", removed)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def docker_available() -> bool:
