@@ -172,7 +172,10 @@ def prompt_text(messages: Any) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+                texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+                if not all(isinstance(t, str) for t in texts):
+                    raise ValueError("a content part of type 'text' must carry its 'text' as a string")
+                return "\n".join(texts)  # type: ignore[arg-type]
             raise ValueError("the last user message has no text 'content'")
     raise ValueError("'messages' has no message with role 'user' to route on")
 
@@ -325,6 +328,9 @@ def load_router_classifier(source: str, classes: list[str], threads: int = 0) ->
     if source.startswith(("models:/", "runs:/")):
         import mlflow
 
+        from complexitynet.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())  # the project's store (mlflow/mlflow.db) unless MLFLOW_TRACKING_URI says
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
         except Exception as exc:  # noqa: BLE001 - any registry failure: say which URI and how to fix it

@@ -4,6 +4,9 @@ the LoRA classifier from the MLflow registry; unreadable or unknown files are cl
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -105,15 +108,16 @@ def test_unreadable_or_unfit_classifier_files_are_clear_errors(tiny_baseline, tm
 @pytest.mark.integration
 def test_classifier_loads_from_the_mlflow_registry(tiny_classifier, tiny_baseline, tmp_path, monkeypatch):
     """The LoRA classifier as `train` registers it (pyfunc, alias champion), and a baseline logged
-    as a run artifact, each loaded by URI and routing like the local copy."""
+    as a run artifact, each loaded by URI and routing like the local copy; with no MLFLOW_TRACKING_URI
+    the URIs resolve against the project's own store (mlflow/mlflow.db), not a stray ./mlflow.db."""
     import mlflow
 
+    from complexitynet import tracking
     from complexitynet.classifier import load_classifier, pyfunc_model
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    mlflow.set_experiment("registry-test")
+    tracking.setup("registry-test")  # as train does: the project's store under ./mlflow
     with mlflow.start_run() as run:
         info = mlflow.pyfunc.log_model(name="classifier", python_model=pyfunc_model(),
                                        artifacts={"classifier": str(tiny_classifier)},
@@ -130,3 +134,10 @@ def test_classifier_loads_from_the_mlflow_registry(tiny_classifier, tiny_baselin
     assert np.allclose(baseline.predict_proba(texts), joblib.load(tiny_baseline).predict_proba(texts))
     with pytest.raises(ConfigError, match="'models:/no-such-model@champion': cannot load it from MLflow"):
         load_router_classifier("models:/no-such-model@champion", CLASSES)
+    # a fresh process (as `complexitynet route --classifier models:/...`) with no MLFLOW_TRACKING_URI
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    code = ("from complexitynet.route import load_router_classifier\n"
+            "print(load_router_classifier('models:/test-router-clf@champion', []).classes)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and str(CLASSES) in out.stdout, out.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists() and (tmp_path / "mlflow" / "mlflow.db").exists()

@@ -123,6 +123,20 @@ def test_escalates_when_the_chosen_rung_fails(server, clean_fake):
     assert 'complexitynet_escalations_total{model="rung-small",reason="upstream_error"}' in metrics
 
 
+def test_a_stream_answered_with_something_else_escalates(server, clean_fake):
+    """A rung that answers a streaming request 200 with a body that is not SSE is broken: the request
+    escalates (as a non-streaming one gets a 502 when every rung does it), nothing is relayed."""
+    clean_fake.faults = lambda key, attempt, body: "html" if body["model"] == "m-rung-small" else None
+    stream = server.client().chat.completions.with_raw_response.create(model="complexitynet:0", messages=PROMPT,
+                                                                       stream=True)
+    assert stream.headers["x-complexitynet-tried"] == "rung-small,rung-medium"
+    assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices)
+    clean_fake.faults = lambda key, attempt, body: "html"
+    with pytest.raises(openai.APIStatusError) as err:
+        list(server.client().chat.completions.create(model="complexitynet:0", messages=PROMPT, stream=True))
+    assert err.value.status_code == 502 and "not text/event-stream" in err.value.body["message"]
+
+
 def test_upstream_client_errors_pass_through_unescalated(server, clean_fake):
     clean_fake.faults = lambda key, attempt, body: "401_echo"
     with pytest.raises(openai.AuthenticationError):
@@ -191,6 +205,16 @@ def test_bad_input_gets_openai_errors_and_the_server_keeps_serving(server, clean
     assert status == 413 and "serve.max_body_mb" in assert_openai_error(body, "request_too_large")
     status, _, body = post(f"{server.base_url}/v1/nope", b"{}")
     assert status == 404 and body["error"]["code"] == "not_found"
+    # types the OpenAI API checks: a string for `stream` is not "true", `stream_options` is an object
+    for field, value, param in (("stream", "false", "stream"), ("stream_options", "x", "stream_options"),
+                                ("stream_options", [1], "stream_options"),
+                                ("stream_options", {"include_usage": "yes"}, "stream_options.include_usage")):
+        status, _, body = post(url, json.dumps({"model": "complexitynet", "messages": PROMPT, field: value}).encode())
+        assert status == 400 and body["error"]["param"] == param, (field, value, body)
+        assert_openai_error(body, "invalid_type")
+    parts = [{"role": "user", "content": [{"type": "text", "text": 42}]}]
+    status, _, body = post(url, json.dumps({"model": "complexitynet", "messages": parts}).encode())
+    assert status == 400 and "'text' as a string" in assert_openai_error(body, "invalid_messages")
     assert clean_fake.requests == 0  # none of that reached an upstream
     ok = server.client().chat.completions.create(model="complexitynet:0", messages=PROMPT)
     assert ok.choices[0].message.content
@@ -232,6 +256,15 @@ def test_keys_come_from_the_environment_and_never_leak(tiny_classifier, monkeypa
         assert err.value.body["code"] == "upstream_key_missing"
         assert "CNET_TEST_KEY_NOT_SET" in err.value.body["message"]
         assert client.chat.completions.create(model="rung-small", messages=PROMPT).choices  # still serving
+        # an answer that repeats the key, whole or as a stream cut anywhere, comes back redacted
+        keyed.faults = None
+        keyed.reply = lambda body: f"your key is {SECRET}, twice: {SECRET}"
+        answer = client.chat.completions.create(model="rung-medium", messages=PROMPT).choices[0].message.content
+        assert SECRET not in answer and answer.count("[redacted]") == 2
+        streamed = "".join(c.choices[0].delta.content or "" for c in
+                           client.chat.completions.create(model="rung-medium", messages=PROMPT, stream=True)
+                           if c.choices)
+        assert SECRET not in streamed and streamed.count("[redacted]") == 2
         exposed = get(f"{srv.base_url}/metrics") + get(f"{srv.base_url}/health") + get(f"{srv.base_url}/v1/models")
         assert SECRET.encode() not in exposed
     assert SECRET not in caplog.text and SECRET not in repr(srv.router.upstreams)

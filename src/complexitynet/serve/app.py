@@ -142,6 +142,23 @@ def extension(plan: Plan, model: str, tried: list[Attempt]) -> dict[str, Any]:
             "tried": tried}  # orjson writes the Attempt dataclasses as objects
 
 
+def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(stream, include_usage), checked as the OpenAI API checks them: booleans, and an object (or
+    null) for stream_options."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request(f"'stream' must be a boolean, not {type(stream).__name__}", "invalid_type", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request(f"'stream_options' must be an object, not {type(options).__name__}", "invalid_type",
+                          "stream_options")
+    usage = (options or {}).get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise bad_request("'stream_options.include_usage' must be a boolean", "invalid_type",
+                          "stream_options.include_usage")
+    return bool(stream), bool(stream and usage)
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     arrived = time.perf_counter()
@@ -160,9 +177,8 @@ async def _chat(request: web.Request, router: Router, arrived: float) -> web.Str
         tests = parse_tests(body.pop("complexitynet", None))
     except (TypeError, ValueError) as exc:
         raise bad_request(str(exc), "invalid_tests", "complexitynet") from None
+    stream, keep_usage = stream_flags(body)
     plan = await plan_for(router, body, arrived, tests is not None)
-    stream = bool(body.get("stream"))
-    keep_usage = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
     try:
         if stream and tests is None:
             return await _relay(request, router, body, plan, keep_usage)
@@ -193,7 +209,7 @@ async def _relay(request: web.Request, router: Router, body: dict[str, Any], pla
                                       "Cache-Control": "no-cache"})
     try:
         await out.prepare(request)
-        usage = await sse.relay(resp.chunks(up.timeout_s), out.write, keep_usage)
+        usage = await sse.relay(up.redact_stream(resp.chunks(up.timeout_s)), out.write, keep_usage, up.secret)
     except (HTTPError, TimeoutError) as exc:  # the upstream broke off (errors writing to the caller are OSErrors)
         # The caller has the first bytes, so no other rung can take over and no error object fits the
         # stream: the caller's connection ends short of the stream's last chunk, which its client

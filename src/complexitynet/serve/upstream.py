@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,8 +78,30 @@ class Upstream:
                     "`openai.api_key_env: null` for an endpoint that needs no key)")
         return None
 
+    @property
+    def secret(self) -> str | None:
+        """The key, for the stream relay to take out of streamed text (never logged or shown)."""
+        return self._key
+
     def redact(self, data: bytes) -> bytes:
         return data.replace(self._key.encode(), b"[redacted]") if self._key else data
+
+    async def redact_stream(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The chunks with the key redacted, also where it spans two chunks (the last len(key) - 1
+        bytes wait for the next chunk)."""
+        if not self._key:
+            async for chunk in chunks:
+                yield chunk
+            return
+        keep = len(self._key.encode()) - 1
+        pending = b""
+        async for chunk in chunks:
+            pending = self.redact(pending + chunk)
+            if len(pending) > keep:
+                yield pending[:len(pending) - keep]
+                pending = pending[len(pending) - keep:]
+        if pending:
+            yield pending
 
     def body_for(self, request: dict[str, Any]) -> bytes:
         """The caller's request with this rung's model id."""
@@ -117,9 +140,12 @@ class Upstream:
     async def _attempt(self, body: bytes, stream: bool) -> Any:
         async with asyncio.timeout(self.timeout_s):
             resp = await self.client.post(self._origin, self._head, body)
-            if resp.status < 300 and stream:
+            kind = resp.headers.get("content-type", "")
+            if resp.status < 300 and stream and kind.startswith("text/event-stream"):
                 return resp
-            data = await resp.read()
+            data = self.redact(await resp.read())  # an answer never carries the key back to the caller
+        if resp.status < 300 and stream:  # a 200 that is not a stream: the rung is broken, not the request
+            raise _Retry(f"a malformed stream (Content-Type {kind or 'missing'}, not text/event-stream)")
         if resp.status < 300:
             try:
                 answer = orjson.loads(data)
