@@ -160,7 +160,7 @@ class FakeOpenAI:
                 self.successes[key] += 1
             self._count("200", None)
             return await self._stream(request, body, key, text, (prompt_tokens, completion_tokens),
-                                      cut=fault == "cut")
+                                      cut=fault == "cut", trickle=0.05 if fault == "trickle" else 0.0)
         payload = {
             "id": f"chatcmpl-{key}", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",
@@ -174,7 +174,7 @@ class FakeOpenAI:
         return self._count("200", web.json_response(payload))
 
     async def _stream(self, request: web.Request, body: dict, key: str, text: str,
-                      tokens: tuple[int, int], cut: bool = False) -> web.StreamResponse:
+                      tokens: tuple[int, int], cut: bool = False, trickle: float = 0.0) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         base = {"id": f"chatcmpl-{key}", "object": "chat.completion.chunk", "created": 0, "model": body["model"]}
@@ -190,6 +190,8 @@ class FakeOpenAI:
                 request.transport.close()
                 return resp
             await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+            if trickle:  # a slow model: one event every `trickle` seconds
+                await asyncio.sleep(trickle)
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -268,3 +268,58 @@ def test_keys_come_from_the_environment_and_never_leak(tiny_classifier, monkeypa
         exposed = get(f"{srv.base_url}/metrics") + get(f"{srv.base_url}/health") + get(f"{srv.base_url}/v1/models")
         assert SECRET.encode() not in exposed
     assert SECRET not in caplog.text and SECRET not in repr(srv.router.upstreams)
+
+
+def test_every_chat_request_is_counted_once_by_outcome(tiny_classifier, caplog):
+    """ok, an upstream 4xx passed back, a 502, a refusal, a client gone mid-stream and an internal
+    error: one count each in complexitynet_requests_total, and refusals only in complexitynet_rejected."""
+    import socket
+    import time
+
+    with FakeOpenAI() as up, RouterThread(router_params(tiny_classifier, [(up.base_url, None)] * 3)) as srv:
+        client, url = srv.client(), f"{srv.base_url}/v1/chat/completions"
+        assert client.chat.completions.create(model="rung-small", messages=PROMPT).choices
+        up.faults = lambda key, attempt, body: "401_echo"
+        with pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(model="rung-small", messages=PROMPT)
+        up.faults = lambda key, attempt, body: "drop"
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="rung-large", messages=PROMPT)
+        assert post(url, b"{not json")[0] == 400
+        # a caller that reads the first bytes of a slow stream and hangs up
+        up.faults = lambda key, attempt, body: "trickle"
+        up.reply = lambda body: "x" * 400
+        body = json.dumps({"model": "rung-small", "messages": PROMPT, "stream": True}).encode()
+        with socket.create_connection(("127.0.0.1", int(srv.base_url.rsplit(":", 1)[1]))) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        original = srv.router.decide
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("a bug")
+
+        srv.router.decide = broken
+        try:
+            assert post(url, json.dumps({"model": "complexitynet", "messages": PROMPT}).encode())[0] == 500
+        finally:
+            srv.router.decide = original
+        expected = {("rung-small", "ok"): 1, ("rung-small", "upstream_rejected"): 1, ("none", "upstream_error"): 1,
+                    ("none", "rejected"): 1, ("rung-small", "client_gone"): 1, ("none", "internal_error"): 1}
+        deadline = time.monotonic() + 60  # the stream notices its caller is gone at its next write
+        while True:
+            text = get(f"{srv.base_url}/metrics").decode()
+            counts = {}
+            for line in text.splitlines():
+                if line.startswith("complexitynet_requests_total{"):
+                    labels, value = line.rsplit(" ", 1)
+                    model = labels.split('model="')[1].split('"')[0]
+                    outcome = labels.split('outcome="')[1].split('"')[0]
+                    counts[model, outcome] = int(float(value))
+            if counts == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert counts == expected
+        assert 'complexitynet_rejected_total{reason="invalid_json"} 1.0' in text
+        assert "upstream_unavailable" not in text  # a 502 is an outcome, not a refusal
+    assert caplog.text.count("unexpected error") == 1  # the bug; the client who left is not an error

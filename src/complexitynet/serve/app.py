@@ -49,23 +49,46 @@ def bad_request(message: str, code: str, param: str | None = None) -> ApiError:
     return ApiError(400, message, "invalid_request_error", code, param)
 
 
+CHAT_PATH = "/v1/chat/completions"
+OUTCOME = "complexitynet.outcome"  # (model, outcome) of a chat request, set where it is decided
+# Errors raised after the request was forwarded (or could have been): not refusals, and each its own outcome
+AFTER_FORWARDING = {"upstream_unavailable": "upstream_error", "upstream_key_missing": "config_error",
+                    "sandbox_unavailable": "sandbox_error"}
+
+
 @web.middleware
 async def openai_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every failure becomes an OpenAI-style error; an unexpected one is logged and the server goes on."""
+    """Every failure becomes an OpenAI-style error; an unexpected one is logged and the server goes
+    on. Every chat request is counted once, in `complexitynet_requests_total{model, outcome}`."""
+    metrics = request.app[ROUTER].metrics
+    outcome: tuple[str, str] = ("none", "internal_error")
     try:
-        return await handler(request)
+        response = await handler(request)
+        outcome = request.get(OUTCOME, ("none", "ok"))
+        return response
     except ApiError as exc:
-        request.app[ROUTER].metrics.rejected.labels(exc.code).inc()
+        outcome = ("none", AFTER_FORWARDING.get(exc.code, "rejected"))
+        if exc.code not in AFTER_FORWARDING:
+            metrics.rejected.labels(exc.code).inc()
         return exc.response()
     except web.HTTPException as exc:  # aiohttp's own: unknown path, wrong method, body too large
         if exc.status < 400:
             raise
+        outcome = ("none", "rejected")
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status, "http_error")
+        metrics.rejected.labels(code).inc()
         return ApiError(exc.status, f"{exc.reason}: {request.method} {request.path}", "invalid_request_error",
                         code).response()
+    except ConnectionResetError:  # the caller went away while we answered: nothing to answer
+        outcome = (request.get(OUTCOME, ("none", ""))[0], "client_gone")
+        log.info("serve: the client of %s %s went away before its answer was complete", request.method, request.path)
+        return web.Response(status=499)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return ApiError(500, "internal error in the router (logged)", "server_error", "internal_error").response()
+    finally:
+        if request.path == CHAT_PATH and request.method == "POST":
+            metrics.requests.labels(*outcome).inc()
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -186,14 +209,14 @@ async def _chat(request: web.Request, router: Router, arrived: float) -> web.Str
     except KeyMissing as exc:
         raise ApiError(500, str(exc), "server_error", "upstream_key_missing") from None
     except UpstreamRejected as exc:
+        request[OUTCOME] = (exc.model, "upstream_rejected")
         return web.Response(body=exc.body, status=exc.status, content_type="application/json")
     except AllFailed as exc:
-        router.metrics.requests.labels("none", "upstream_error").inc()
         raise ApiError(502, f"no model answered; tried {exc}", "server_error", "upstream_unavailable") from None
     except SandboxError as exc:
         raise ApiError(503, f"cannot judge the answer: {exc}", "server_error", "sandbox_unavailable") from None
     name = answer.upstream.name
-    router.metrics.requests.labels(name, "ok").inc()
+    request[OUTCOME] = (name, "ok")
     headers = route_headers(plan, name, answer.tried)
     if stream:
         return web.Response(body=sse.from_answer(answer.data, keep_usage), headers=headers,
@@ -205,6 +228,7 @@ async def _relay(request: web.Request, router: Router, body: dict[str, Any], pla
                  keep_usage: bool) -> web.StreamResponse:
     upstream_body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
     resp, up, tried = await router.open_stream(upstream_body, plan)
+    request[OUTCOME] = (up.name, "ok")
     out = web.StreamResponse(headers={**route_headers(plan, up.name, tried), "Content-Type": "text/event-stream",
                                       "Cache-Control": "no-cache"})
     try:
@@ -214,16 +238,19 @@ async def _relay(request: web.Request, router: Router, body: dict[str, Any], pla
         # The caller has the first bytes, so no other rung can take over and no error object fits the
         # stream: the caller's connection ends short of the stream's last chunk, which its client
         # reports as a broken stream (the openai client: APIConnectionError).
-        router.metrics.requests.labels(up.name, "upstream_error").inc()
+        request[OUTCOME] = (up.name, "upstream_error")
         log.warning("serve: the stream from %s broke off (%s); ending the caller's connection", up.name,
                     str(exc) or f"no data for {up.timeout_s:g} s")
         if request.transport is not None:
             request.transport.close()
         return out
+    except ConnectionResetError:  # the caller went away mid-stream: counted, not an error of ours
+        request[OUTCOME] = (up.name, "client_gone")
+        log.info("serve: the client left a stream from %s before its end", up.name)
+        return out
     finally:
         resp.release()
     router.metrics.usage(up.name, usage, up.spec.price.input, up.spec.price.output)
-    router.metrics.requests.labels(up.name, "ok").inc()
     await out.write_eof()
     return out
 
@@ -274,7 +301,7 @@ def build_app(router: Router) -> web.Application:
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post(CHAT_PATH, chat)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/route", route_only)
     app.router.add_get("/health", health)

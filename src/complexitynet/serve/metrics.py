@@ -16,8 +16,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("complexitynet_requests", "Chat requests answered, by the model that answered "
-                                "('none' when no model did) and outcome", ["model", "outcome"], registry=r)
+        self.requests = Counter("complexitynet_requests", "Chat requests, each counted once, by the model "
+                                "that answered ('none' when no model did) and outcome: ok, upstream_rejected "
+                                "(the model's 4xx passed back), upstream_error, rejected (refused here, see "
+                                "complexitynet_rejected), client_gone, config_error, sandbox_error, "
+                                "internal_error", ["model", "outcome"], registry=r)
         self.routed = Counter("complexitynet_routed", "Routing decisions, by chosen model", ["model"], registry=r)
         self.escalations = Counter("complexitynet_escalations", "Requests moved up the ladder, by the model "
                                    "that failed and why", ["model", "reason"], registry=r)

@@ -32,9 +32,9 @@ class UpstreamFailed(Exception):
 class UpstreamRejected(Exception):
     """The rung refused the request itself (a 4xx other than 408/409/429): the caller must see it."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, model: str = "") -> None:
         super().__init__(f"HTTP {status}")
-        self.status, self.body = status, body
+        self.status, self.body, self.model = status, body, model
 
 
 class KeyMissing(Exception):
@@ -156,7 +156,7 @@ class Upstream:
             return answer
         if resp.status in RETRY_STATUSES or resp.status >= 500:
             raise _Retry(f"HTTP {resp.status}", _retry_after(resp.headers.get("retry-after")))
-        raise UpstreamRejected(resp.status, self.redact(data))
+        raise UpstreamRejected(resp.status, self.redact(data), self.name)
 
 
 class _Retry(Exception):
