@@ -230,6 +230,9 @@ class Serve(Section):
     retry_after_s: int = Field(1, ge=1)  # what a 503 asks the client to wait
     max_body_mb: float = Field(4.0, gt=0)  # larger request bodies get 413
     upstream_timeout_s: float = Field(120.0, gt=0)  # one upstream attempt, wall clock
+    request_timeout_s: float = Field(300.0, gt=0)  # a whole request across rungs and retries (to the first byte of a stream): 504 after
+    drain_s: float = Field(10.0, ge=0)  # on SIGTERM, requests still running after this get a 503 and the router exits
+    classify_max_chars: int = Field(32_000, ge=1)  # the classifier reads at most this much of a prompt (its start)
     upstream_retries: int = Field(1, ge=0)  # per rung, on 408/429/5xx/timeouts, before escalating
     backoff_s: float = Field(0.2, ge=0)  # first retry delay, doubled per retry
     verify: ServeVerify = ServeVerify()

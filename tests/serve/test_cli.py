@@ -119,3 +119,49 @@ def test_a_worker_that_cannot_start_stops_the_service(tiny_baseline, fake, tmp_p
     assert done.returncode == 2, done.stderr
     assert "serve.classifier 'no/such/dir': no such file or directory" in done.stderr
     assert "exited (code 2); stopping the others" in done.stderr
+
+
+def test_sigterm_answers_requests_stuck_on_a_hanging_upstream_and_exits(tiny_classifier, tmp_path):
+    """SIGTERM while a request waits on an upstream that never answers: the request gets a 503
+    (`shutting_down`) once serve.drain_s has passed, and the router exits, instead of holding the
+    caller for the upstream's whole timeout and then dropping the connection."""
+    import signal
+    import threading
+    import urllib.error
+
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(latency_s=300) as hanging:
+        serve_params(tmp_path, tiny_classifier, hanging)
+        raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+        raw["serve"].update(drain_s=1, upstream_timeout_s=600, request_timeout_s=600)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "complexitynet.cli", "serve", "--port", str(port)],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        answers: list[tuple[int, dict]] = []
+
+        def ask() -> None:
+            body = json.dumps({"model": "r0", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(request, timeout=120)
+            except urllib.error.HTTPError as exc:
+                answers.append((exc.code, json.loads(exc.read())))
+
+        try:
+            get_json(f"http://127.0.0.1:{port}/health", time.monotonic() + 60, proc)
+            caller = threading.Thread(target=ask)
+            caller.start()
+            deadline = time.monotonic() + 60
+            while hanging.requests == 0 and time.monotonic() < deadline:  # the request is at the upstream
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            caller.join(120)
+            assert proc.wait(120) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert len(answers) == 1 and answers[0][0] == 503, answers
+        assert answers[0][1]["error"]["code"] == "shutting_down"

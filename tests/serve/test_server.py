@@ -323,3 +323,13 @@ def test_every_chat_request_is_counted_once_by_outcome(tiny_classifier, caplog):
         assert 'complexitynet_rejected_total{reason="invalid_json"} 1.0' in text
         assert "upstream_unavailable" not in text  # a 502 is an outcome, not a refusal
     assert caplog.text.count("unexpected error") == 1  # the bug; the client who left is not an error
+
+
+def test_a_request_has_one_deadline_across_rungs(tiny_classifier):
+    """serve.request_timeout_s bounds the whole request (every rung, every retry): a 504, not minutes."""
+    with FakeOpenAI(latency_s=30) as slow, RouterThread(router_params(
+            tiny_classifier, [(slow.base_url, None)] * 3, upstream_timeout_s=60, request_timeout_s=1)) as srv:
+        status, _, body = post(f"{srv.base_url}/v1/chat/completions",
+                               json.dumps({"model": "complexitynet:1", "messages": PROMPT}).encode())
+        assert status == 504 and "serve.request_timeout_s (1 s)" in assert_openai_error(body, "request_timeout")
+        assert 'complexitynet_requests_total{model="none",outcome="timeout"} 1.0' in get(f"{srv.base_url}/metrics").decode()

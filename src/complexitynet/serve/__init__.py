@@ -79,7 +79,9 @@ def _serve_one(params: Params, classifier: str | None, ladder: str | None, host:
     # build machine, every request in flight stalled meanwhile; 0 ms once frozen).
     gc.collect()
     gc.freeze()
-    web.run_app(build_app(router), host=host, port=port, reuse_port=reuse_port, access_log=None, print=None)
+    # shutdown: the drain (app.drain) answers every request within serve.drain_s; the margin covers its 503s
+    web.run_app(build_app(router), host=host, port=port, reuse_port=reuse_port, access_log=None, print=None,
+                shutdown_timeout=params.serve.drain_s + 5)
 
 
 def _serve_many(params: Params, classifier: str | None, ladder: str | None, host: str, port: int,

@@ -10,6 +10,7 @@ Retry-After. Nothing here logs or returns request content or an API key.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -53,7 +54,8 @@ CHAT_PATH = "/v1/chat/completions"
 OUTCOME = "complexitynet.outcome"  # (model, outcome) of a chat request, set where it is decided
 # Errors raised after the request was forwarded (or could have been): not refusals, and each its own outcome
 AFTER_FORWARDING = {"upstream_unavailable": "upstream_error", "upstream_key_missing": "config_error",
-                    "sandbox_unavailable": "sandbox_error"}
+                    "sandbox_unavailable": "sandbox_error", "request_timeout": "timeout",
+                    "shutting_down": "shutting_down"}
 
 
 @web.middleware
@@ -128,7 +130,7 @@ async def plan_for(router: Router, body: dict[str, Any], arrived: float, verifie
         raise bad_request("you must provide a model name ('complexitynet' routes)", "missing_model", "model")
     try:
         routed, target, index = router.resolve(model)
-        text = prompt_text(body.get("messages"))
+        text = prompt_text(body.get("messages"))[:router.cfg.classify_max_chars]
     except UnknownModel as exc:
         raise ApiError(404, str(exc), "invalid_request_error", "model_not_found", "model") from None
     except (TypeError, ValueError) as exc:
@@ -185,13 +187,56 @@ def stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
 async def chat(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     arrived = time.perf_counter()
+    if router.draining:
+        raise shutting_down(router)
     if router.in_flight >= router.cfg.max_in_flight:
         raise overloaded(router, f"{router.in_flight} requests in flight")
     router.in_flight += 1
+    # The work runs as a task of its own, so a draining router can stop it and still answer this request
+    work = asyncio.ensure_future(_chat(request, router, arrived))
+    router.work.add(work)
     try:
-        return await _chat(request, router, arrived)
+        return await work
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # this handler itself is cancelled: let it go
+            work.cancel()
+            raise
+        raise shutting_down(router) from None  # the drain stopped the work
     finally:
+        router.work.discard(work)
         router.in_flight -= 1
+
+
+def shutting_down(router: Router) -> ApiError:
+    return ApiError(503, "the router is shutting down; retry (another instance, or this one once it is back)",
+                    "server_error", "shutting_down", headers={"Retry-After": str(router.cfg.retry_after_s)})
+
+
+async def drain(app: web.Application) -> None:
+    """On shutdown (SIGTERM): refuse new chat requests, give the running ones `serve.drain_s` to finish,
+    then stop them; each gets a 503 (a stream already under way just ends)."""
+    router = app[ROUTER]
+    router.draining = True
+    if router.work:
+        log.info("serve: draining %d request(s), at most %g s", len(router.work), router.cfg.drain_s)
+        _, late = await asyncio.wait(set(router.work), timeout=router.cfg.drain_s)
+        for task in late:
+            task.cancel()
+        if late:
+            log.warning("serve: %d request(s) still running after %g s were stopped with a 503", len(late),
+                        router.cfg.drain_s)
+            await asyncio.wait(late, timeout=5)
+
+
+async def within_deadline(router: Router, arrived: float, work: Any) -> Any:
+    """`work` under what is left of the request's own deadline (serve.request_timeout_s)."""
+    left = router.cfg.request_timeout_s - (time.perf_counter() - arrived)
+    try:
+        async with asyncio.timeout(max(left, 0.0)):
+            return await work
+    except TimeoutError:
+        raise ApiError(504, f"no answer within serve.request_timeout_s ({router.cfg.request_timeout_s:g} s) "
+                       "across the ladder's rungs", "server_error", "request_timeout") from None
 
 
 async def _chat(request: web.Request, router: Router, arrived: float) -> web.StreamResponse:
@@ -204,8 +249,9 @@ async def _chat(request: web.Request, router: Router, arrived: float) -> web.Str
     plan = await plan_for(router, body, arrived, tests is not None)
     try:
         if stream and tests is None:
-            return await _relay(request, router, body, plan, keep_usage)
-        answer = await router.answer({**body, "stream": False} if stream else body, plan, tests)
+            return await _relay(request, router, body, plan, keep_usage, arrived)
+        answer = await within_deadline(router, arrived,
+                                       router.answer({**body, "stream": False} if stream else body, plan, tests))
     except KeyMissing as exc:
         raise ApiError(500, str(exc), "server_error", "upstream_key_missing") from None
     except UpstreamRejected as exc:
@@ -225,9 +271,9 @@ async def _chat(request: web.Request, router: Router, arrived: float) -> web.Str
 
 
 async def _relay(request: web.Request, router: Router, body: dict[str, Any], plan: Plan,
-                 keep_usage: bool) -> web.StreamResponse:
+                 keep_usage: bool, arrived: float) -> web.StreamResponse:
     upstream_body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
-    resp, up, tried = await router.open_stream(upstream_body, plan)
+    resp, up, tried = await within_deadline(router, arrived, router.open_stream(upstream_body, plan))
     request[OUTCOME] = (up.name, "ok")
     out = web.StreamResponse(headers={**route_headers(plan, up.name, tried), "Content-Type": "text/event-stream",
                                       "Cache-Control": "no-cache"})
@@ -300,6 +346,7 @@ def build_app(router: Router) -> web.Application:
         await router.stop()
 
     app.on_startup.append(start)
+    app.on_shutdown.append(drain)
     app.on_cleanup.append(stop)
     app.router.add_post(CHAT_PATH, chat)
     app.router.add_get("/v1/models", models)

@@ -10,6 +10,7 @@ model would refuse it too.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class Router:
         self.upstreams: list[Upstream] = []
         self.client: Client | None = None
         self.in_flight = 0  # chat requests being served (the HTTP layer bounds it)
+        self.work: set[asyncio.Future[Any]] = set()  # their work, which a drain can stop
+        self.draining = False  # shutting down: new chat requests get 503
 
     async def start(self) -> None:
         """Open the upstream connection pool and the batcher (inside the serving event loop)."""
