@@ -232,6 +232,7 @@ class Serve(Section):
     upstream_timeout_s: float = Field(120.0, gt=0)  # one upstream attempt, wall clock
     request_timeout_s: float = Field(300.0, gt=0)  # a whole request across rungs and retries (to the first byte of a stream): 504 after
     drain_s: float = Field(10.0, ge=0)  # on SIGTERM, requests still running after this get a 503 and the router exits
+    idle_timeout_s: float = Field(15.0, gt=0)  # a connection with no whole request for this long is closed (slow headers, idle)
     classify_max_chars: int = Field(32_000, ge=1)  # the classifier reads at most this much of a prompt (its start)
     upstream_retries: int = Field(1, ge=0)  # per rung, on 408/429/5xx/timeouts, before escalating
     backoff_s: float = Field(0.2, ge=0)  # first retry delay, doubled per retry

@@ -177,3 +177,24 @@ def test_a_killed_run_is_marked_failed_at_the_next_start(mlflow_env):
         client = mlflow.MlflowClient()
         assert client.get_run(doomed).info.status == "FAILED"
         assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+def test_retraining_writes_the_same_bytes(tmp_path):
+    """Baselines fitted in two processes (ids and hash seeds differ) are saved byte-identically, and the
+    adapter config peft writes from sets comes out in one order: `dvc status` stays clean on retrain."""
+    from complexitynet.classifier import stable_json
+
+    code = ("import sys\nimport numpy as np\nfrom complexitynet.config import Train\nfrom complexitynet.io import dump_joblib\n"
+            "from complexitynet.train import Split, fit_baselines\n"
+            "texts = [f'Write a function to {w} (variant {i}).' for i, w in enumerate(['add', 'sort', 'parse', 'prove'] * 4)]\n"
+            "data = {'train': Split([f'T/{i}' for i in range(16)], texts, np.arange(16) % 4)}\n"
+            "model = fit_baselines(data, 4, Train(), 0, only=('tfidf_lr',))['tfidf_lr']\n"
+            "dump_joblib(model, __import__('pathlib').Path(sys.argv[1]))\n")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{name}.joblib")], check=True)
+    assert (tmp_path / "a.joblib").read_bytes() == (tmp_path / "b.joblib").read_bytes()
+    for order in (["value", "query"], ["query", "value"]):
+        path = tmp_path / f"adapter_config_{order[0]}.json"
+        path.write_text(json.dumps({"target_modules": order, "r": 8}))
+        stable_json(path)
+    assert (tmp_path / "adapter_config_value.json").read_bytes() == (tmp_path / "adapter_config_query.json").read_bytes()

@@ -165,3 +165,25 @@ def test_sigterm_answers_requests_stuck_on_a_hanging_upstream_and_exits(tiny_cla
                 proc.kill()
         assert len(answers) == 1 and answers[0][0] == 503, answers
         assert answers[0][1]["error"]["code"] == "shutting_down"
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(tiny_classifier, fake, tmp_path):
+    import socket
+
+    serve_params(tmp_path, tiny_classifier, fake)
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["serve"]["idle_timeout_s"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "complexitynet.cli", "serve", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        get_json(f"http://127.0.0.1:{port}/health", time.monotonic() + 60, proc)
+        with socket.create_connection(("127.0.0.1", port)) as slow:
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            slow.settimeout(60)
+            assert slow.recv(1024) == b""  # closed by the router, long before our 60 s
+        assert get_json(f"http://127.0.0.1:{port}/health", time.monotonic() + 60, proc)["status"] == "ok"
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -80,8 +80,10 @@ def _serve_one(params: Params, classifier: str | None, ladder: str | None, host:
     gc.collect()
     gc.freeze()
     # shutdown: the drain (app.drain) answers every request within serve.drain_s; the margin covers its 503s
+    # keepalive_timeout: aiohttp arms it when a connection opens and whenever it waits for a request, and
+    # a request whose headers have not all arrived does not stop it: it is the header-read timeout too
     web.run_app(build_app(router), host=host, port=port, reuse_port=reuse_port, access_log=None, print=None,
-                shutdown_timeout=params.serve.drain_s + 5)
+                shutdown_timeout=params.serve.drain_s + 5, keepalive_timeout=params.serve.idle_timeout_s)
 
 
 def _serve_many(params: Params, classifier: str | None, ladder: str | None, host: str, port: int,
