@@ -111,6 +111,7 @@ class Label(Section):
     threshold: float = Field(1.0, gt=0, le=1)  # pass rate that counts as "reliably solves"
     rule: Literal["threshold", "first_pass"] = "threshold"  # see src/complexitynet/label.py
     allow_missing: bool = False  # fewer than k trials: error (False) or label what exists and flag it
+    max_missing: int = Field(10, ge=0)  # flagged rows allow_missing may excuse per train/validation split
     truth: Literal["hidden", "visible"] = "hidden"  # which tests judge a sample (see src/complexitynet/label.py)
 
     @model_validator(mode="after")

@@ -1,10 +1,10 @@
 """execute: run every sample's code against its problem's tests in the sandbox -> data/verdicts/.
 
 Verdicts are cached by content (the sandbox image, limits, timeouts, code and tests), appended to
-data/cache/verdicts/<model>.jsonl as they arrive: a killed run resumes without re-executing
-anything it finished, identical programs (common across trials) run once, and a rerun rewrites
-the same bytes. The stage also reports how our verdicts differ from the recorded sources' own
-pass flags.
+data/cache/verdicts/<model>.jsonl as they arrive (locked, checksummed, checked: io.AppendLog and
+`check_outcome`): a killed run resumes without re-executing anything it finished, identical
+programs (common across trials) run once, and a rerun rewrites the same bytes. The stage also
+reports how our verdicts differ from the recorded sources' own pass flags.
 
 Each sample is judged twice, on the visible tests (what its prompt showed) and on the hidden tests
 (what judges); the two runs are cached separately, and a problem without hidden tests of its own
@@ -21,14 +21,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from complexitynet.errors import DataError
 from complexitynet.io import AppendLog
 from complexitynet.sandbox.harness import Outcome
 from complexitynet.sandbox.pool import Job, SandboxPool
 from complexitynet.sandbox.backends import HASH_SEED
-from complexitynet.schemas import Problem, Result, Sample, Tests, Verdict
+from complexitynet.schemas import Problem, Result, Sample, Status, Tests, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=True)
 
 
-STATUSES = ("pass", "fail", "timeout", "error", "crash")
-
-
 def verdict_cache(path: Path) -> AppendLog:
     """Outcomes of one model's runs by job key (locked, checksummed, torn tail cut: io.AppendLog)."""
     return AppendLog(path, "complexitynet execute", check_outcome)
@@ -66,7 +63,7 @@ def check_outcome(record: dict[str, Any]) -> str | None:
     if not isinstance(out, dict):
         return "no outcome"
     total, passed, failed = out.get("tests_total"), out.get("tests_passed"), out.get("failed")
-    if out.get("status") not in STATUSES:
+    if out.get("status") not in get_args(Status):
         return "unknown status"
     if not (type(total) is int and type(passed) is int and 0 <= passed <= total and isinstance(failed, list)
             and all(type(i) is int for i in failed)):
@@ -74,7 +71,7 @@ def check_outcome(record: dict[str, Any]) -> str | None:
     if sorted(set(failed)) != failed or (failed and not 0 <= failed[0] <= failed[-1] < total) \
             or passed + len(failed) != total:
         return "test counts that disagree"
-    if (out["status"] == "pass") != (not failed) and not (out["status"] != "pass" and total == 0):
+    if (out["status"] == "pass" and failed) or (out["status"] != "pass" and not failed and total > 0):
         return "a status that disagrees with its tests"
     if not isinstance(out.get("produced_by"), dict) or not isinstance(out.get("detail"), str) \
             or type(out.get("duration_s")) not in (int, float):

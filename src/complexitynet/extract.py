@@ -9,7 +9,10 @@ base models may return only a function body. The rules, in order:
    reports the syntax error rather than this function hiding it.
 2. Without fences, leading and trailing prose lines are trimmed until the rest parses.
 3. If the result does not define the entry point and a prompt stub is given (HumanEval), the
-   completion is a body: the stub is prepended.
+   completion is a body: the stub is prepended. A name bound by assignment (`f = lambda x: ...`,
+   `f = helper`) defines the entry point as much as `def f` does.
+Before all that, the completion is cut at the first chat-template end token (`<|eot_id|>`,
+`<|im_end|>`, `<|endoftext|>`, `</s>`, ...): what follows one is not the model's answer.
 The extracted code is what the model wrote; nothing is rewritten or pruned.
 """
 
@@ -27,6 +30,11 @@ _CODE_START = re.compile(
     r"[A-Za-z_][A-Za-z0-9_.]*\s*(=|\(|\[|:))"
 )
 _MAX_TRIM_TRIES = 400  # bounds the prose-trimming search on pathological completions
+# End-of-turn and end-of-text tokens of common chat templates (Llama 3, ChatML/Qwen, GPT-2 family,
+# Llama 2/Mistral, Phi-3, DeepSeek, Gemma, StarCoder2): a serving stack that does not strip them
+# leaves them in the text.
+STOP_TOKENS = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "</s>", "<|end|>",
+               "<|EOT|>", "<end_of_turn>", "<|end▁of▁sentence|>", "<file_sep>")
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,17 @@ def parses(code: str) -> bool:
 
 
 def defines(code: str, name: str) -> bool:
-    return re.search(rf"^\s*(async\s+def|def|class)\s+{re.escape(name)}\b", code, re.M) is not None
+    """Whether `code` defines `name` at the start of a line: def, class, or an assignment (a lambda,
+    an alias of another function)."""
+    name = re.escape(name)
+    return re.search(rf"^\s*(?:(?:async\s+def|def|class)\s+{name}\b|{name}\s*(?::[^=\n]*)?=(?!=))", code,
+                     re.M) is not None
+
+
+def cut_at_stop_token(text: str) -> str:
+    """`text` up to the first chat-template end token (STOP_TOKENS), if any."""
+    cut = min((i for i in (text.find(t) for t in STOP_TOKENS) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def trim_prose(text: str, entry_point: str | None = None) -> str:
@@ -103,7 +121,7 @@ def trim_prose(text: str, entry_point: str | None = None) -> str:
 
 def extract_code(completion: str, entry_point: str | None = None, prompt_stub: str | None = None) -> str:
     """The program in `completion` (module doc); always ends with exactly one newline."""
-    text = completion.replace("\r\n", "\n")
+    text = cut_at_stop_token(completion.replace("\r\n", "\n"))
     python_blocks = [b for b in fenced_blocks(text) if b.lang in PY_LANGS]
     if python_blocks:
         bodies = [textwrap.dedent(b.text) for b in python_blocks]

@@ -9,7 +9,9 @@ hidden tests (`label.truth: hidden`, the default) or on the visible ones the pro
 The 1-trial label (trial 0 only, same rule) is always written beside it, for the paper's 1-trial vs
 k-trial comparison. A prompt with fewer than k judged trials for some model is an error naming it,
 unless `label.allow_missing` is set; then its label uses the trials it has (a model with none
-counts as not solving it) and the row is flagged.
+counts as not solving it) and the row is flagged. `check_trainable` stops the pipeline here (and
+again at the start of `train`) when the labels cannot train a router: a split with too many
+flagged rows (a model without outputs for it), or a training set with a single class.
 """
 
 from __future__ import annotations
@@ -92,3 +94,41 @@ def distribution(labels: list[Label], ladder: list[str]) -> dict[str, Any]:
             "flagged": sum(lab.flagged for lab in rows),
         }
     return out
+
+
+def check_trainable(labels: list[Label], ladder: list[str], max_missing: int, folds: int = 5) -> None:
+    """Raise a DataError naming the split, the counts and the fix when the labels cannot train a
+    router: the train or validation split is empty or too small for `folds`-fold cross-validation,
+    has more than `max_missing` flagged rows (prompts some model has no output for), has one class
+    only, or some model passes all or none of its prompts (its success head has one outcome)."""
+    names = ladder + ["none"]
+    fit = [lab for lab in labels if lab.split in ("train", "validation")]
+    for split in ("train", "validation"):
+        rows = [lab for lab in fit if lab.split == split]
+        flagged = sum(lab.flagged for lab in rows)
+        if not rows:
+            raise DataError(f"labels: the {split} split has no prompts; for HumanEval set "
+                            "prepare.humaneval_split (MBPP keeps the dataset's own split)")
+        if flagged > max_missing:
+            short = sorted({m for lab in rows if lab.flagged for m in ladder if lab.trials.get(m, 0) == 0})
+            raise DataError(
+                f"labels: {flagged} of {len(rows)} {split} prompts lack outputs of some model "
+                f"({', '.join(short) or 'too few trials'}); label.allow_missing excuses at most "
+                f"label.max_missing = {max_missing} per split. Sample or import outputs of every rung for the "
+                f"{split} prompts (or lower label.k if rungs have fewer trials)")
+    train = [lab for lab in fit if lab.split == "train"]
+    if len(fit) < 2 * folds:
+        raise DataError(f"labels: {len(fit)} train + validation prompts; the router's {folds}-fold "
+                        f"cross-validation needs at least {2 * folds}")
+    classes = Counter(names[lab.label] for lab in train)
+    if len(classes) < 2:
+        only = next(iter(classes), "none")
+        raise DataError(f"labels: all {len(train)} train prompts are labelled '{only}': a classifier needs at "
+                        "least two classes. Check that every rung has outputs for the train split and that "
+                        "the tests can pass (metrics/execute.json), or choose a ladder whose models differ")
+    for model in ladder:
+        passed = sum(lab.passes.get(model, 0) > 0 for lab in fit)
+        if passed in (0, len(fit)):
+            raise DataError(f"labels: '{model}' {'passes none' if passed == 0 else 'passes every one'} of the "
+                            f"{len(fit)} train + validation prompts, so its success head has one outcome to "
+                            "learn; check its outputs and verdicts, or leave it out of the ladder")

@@ -238,7 +238,7 @@ def execute(params: Params, paths: Paths, backend: str | None = None) -> None:
 
 def label(params: Params, paths: Paths) -> None:
     from complexitynet.io import read_jsonl, write_json, write_jsonl
-    from complexitynet.label import distribution, label_problems
+    from complexitynet.label import check_trainable, distribution, label_problems
     from complexitynet.schemas import Problem, Verdict, label_key
 
     ladder = [m.name for m in params.ladder]
@@ -247,6 +247,7 @@ def label(params: Params, paths: Paths) -> None:
     verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in ladder}
     k = cfg.k[params.base.dataset]
     labels = label_problems(problems, verdicts, ladder, k, cfg.rule, cfg.threshold, cfg.allow_missing, cfg.truth)
+    check_trainable(labels, ladder, cfg.max_missing, params.train.router.folds)  # before any long work
     write_jsonl(paths.labels, labels, key=label_key)
     dist = distribution(labels, ladder)
     write_json(paths.label_metrics, {"ladder": params.ladder_name, "k": k, "rule": cfg.rule, "truth": cfg.truth,
@@ -269,6 +270,7 @@ def quiet_libraries() -> None:
 def train(params: Params, paths: Paths) -> dict[str, Any]:
     quiet_libraries()
     from complexitynet.io import read_jsonl, write_json
+    from complexitynet.label import check_trainable
     from complexitynet.schemas import Label, Problem, Verdict
     from complexitynet.tracking import provenance_tags
     from complexitynet.train import train as train_models
@@ -277,6 +279,7 @@ def train(params: Params, paths: Paths) -> dict[str, Any]:
     classes = params.classes
     tags = {**provenance_tags(), "ladder": params.ladder_name, "dataset": params.base.dataset}
     problems, labels = read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label)
+    check_trainable(labels, [m.name for m in params.ladder], params.label.max_missing, params.train.router.folds)
     metrics = train_models(problems, labels, classes, params.train, params.base.seed, paths.classifier,
                            paths.baselines, tags)
     models = [m.name for m in params.ladder]

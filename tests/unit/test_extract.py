@@ -58,6 +58,27 @@ def test_full_function_does_not_get_the_stub_twice():
     assert extract_code("def add(a, b):\n    return a + b", "add", STUB).count("def add") == 1
 
 
+@pytest.mark.parametrize("text, expected", [
+    # a function bound by assignment, with a stray closing fence after it
+    ("count_odd = lambda nums: len([n for n in nums if n % 2])\n```", "count_odd = lambda nums: len([n for n in nums if n % 2])\n"),
+    # an alias of a helper, with prose after
+    ("def _count(nums):\n    return sum(n % 2 for n in nums)\ncount_odd = _count\n\nThis counts odd numbers.",
+     "def _count(nums):\n    return sum(n % 2 for n in nums)\ncount_odd = _count\n"),
+    ("count_odd: Callable = lambda nums: 0", "count_odd: Callable = lambda nums: 0\n"),  # annotated
+])
+def test_functions_defined_by_assignment(text, expected):
+    assert defines(expected, "count_odd") and not defines("count_odd == 1", "count_odd")
+    assert extract_code(text, "count_odd") == expected
+
+
+@pytest.mark.parametrize("token", ["<|eot_id|>", "<|im_end|>", "<|endoftext|>", "</s>", "<|end|>", "<|EOT|>",
+                                   "<end_of_turn>"])
+def test_chat_template_end_tokens_end_the_answer(token):
+    text = f"```python\ndef add(a, b):\n    return a + b\n```{token}\nuser: thanks"
+    assert extract_code(text, "add") == "def add(a, b):\n    return a + b\n"
+    assert extract_code(f"count_odd = lambda n: n % 2\n```{token}", "count_odd") == "count_odd = lambda n: n % 2\n"
+
+
 def test_crlf_and_empty():
     assert extract_code("def f():\r\n    return 1\r\n") == "def f():\n    return 1\n"
     assert extract_code("") == "\n"

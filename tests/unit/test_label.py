@@ -1,7 +1,9 @@
+import re
+
 import pytest
 
 from complexitynet.errors import DataError
-from complexitynet.label import distribution, first_solver, label_problems, solves
+from complexitynet.label import check_trainable, distribution, first_solver, label_problems, solves
 from complexitynet.schemas import Problem, Producer, Result, Verdict
 from complexitynet.schemas import Tests as ProblemTests
 
@@ -73,3 +75,34 @@ def test_distribution_counts_per_split():
     assert dist["classes"] == LADDER + ["none"]
     assert dist["splits"]["train"]["label"] == {"small": 1, "medium": 0, "large": 0, "none": 0}
     assert dist["splits"]["test"]["label"]["none"] == 1 and dist["splits"]["test"]["first_trial_agrees"] == 1.0
+
+
+def _labelled(n_train: int, n_val: int, pattern, missing: set[str] = frozenset()) -> list:
+    """Labels for n_train + n_val prompts; pattern(i) -> (small, medium, large) pass flags; `missing`:
+    splits whose prompts have no output of 'large' (labelled with allow_missing, so flagged)."""
+    problems = [problem(f"T/{i}", "train" if i < n_train else "validation") for i in range(n_train + n_val)]
+    table = {}
+    for i, p in enumerate(problems):
+        flags = pattern(i)
+        table[p.task_id] = {m: [ok] for m, ok in zip(LADDER, flags) if not (m == "large" and p.split in missing)}
+    return label_problems(problems, verdicts(table), LADDER, 1, allow_missing=True)
+
+
+MIXED = lambda i: (i % 3 == 0, i % 3 != 2, True)  # noqa: E731 - three classes, every model both outcomes
+
+
+def test_labels_that_can_train_a_router_pass_the_check():
+    check_trainable(_labelled(20, 10, lambda i: (i % 3 == 0, i % 3 != 2, i % 7 != 0)), LADDER, max_missing=0)
+
+
+@pytest.mark.parametrize("labels, message", [
+    # the user's case: a ladder with outputs for the test and validation prompts only
+    (lambda: _labelled(20, 10, MIXED, missing={"train"}), "20 of 20 train prompts lack outputs of some model (large)"),
+    (lambda: _labelled(20, 0, MIXED), "the validation split has no prompts"),
+    (lambda: _labelled(3, 2, MIXED), "5 train + validation prompts; the router's 5-fold"),
+    (lambda: _labelled(20, 10, lambda i: (False, False, False)), "all 20 train prompts are labelled 'none'"),
+    (lambda: _labelled(20, 10, lambda i: (i % 2 == 0, True, True)), "'medium' passes every one of the 30"),
+])
+def test_labels_that_cannot_train_a_router_stop_with_the_split_counts_and_fix(labels, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        check_trainable(labels(), LADDER, max_missing=10)

@@ -89,12 +89,13 @@ def test_sample_cache_is_locked_and_drops_records_that_disagree_with_themselves(
     path = tmp_path / "m.jsonl"
     cache = sample_cache(path)
     cache.add({"key": "a", "completion": "x", "prompt_tokens": 3, "completion_tokens": 1})
+    cache.add({"key": "u", "completion": "y", "prompt_tokens": None, "completion_tokens": None})  # usage not reported
     with pytest.raises(DataError, match="another `complexitynet sample` is using this cache"):
         sample_cache(path)
     cache.add({"key": "b", "completion": None, "prompt_tokens": 3, "completion_tokens": 1})  # e.g. an old bug
     cache.close()
     again = sample_cache(path)
-    assert list(again.records) == ["a"] and "1 no completion" in caplog.text
+    assert list(again.records) == ["a", "u"] and "1 no completion" in caplog.text
     again.close()
 
 

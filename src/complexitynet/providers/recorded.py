@@ -3,11 +3,13 @@
 Each built-in source has a small adapter that turns its own field names and types into
 `RawCompletion`s; `jsonl` is the documented generic format for completions made elsewhere:
 one JSON object per line with `task_id` (str), `model` (str), `trial` (int >= 0), `completion`
-(str) and optionally `prompt_tokens`, `completion_tokens` (int) and `latency_s` (float).
+(str) and optionally `prompt_tokens`, `completion_tokens` (int), `latency_s` (float) and
+`source_pass` (bool: the source's own verdict, compared with ours like the built-in sources' flags).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,8 @@ __all__ = ["RECORDED_SOURCES", "RawCompletion", "RecordedProvider", "RecordedSou
 
 
 Reader = Callable[[Path, str], Iterator[RawCompletion]]
+IMPORTS = Path("imports")  # where users' own completion files live: a DVC dependency of `sample`
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ class GenericCompletion(pydantic.BaseModel):
     prompt_tokens: int | None = pydantic.Field(None, ge=0)
     completion_tokens: int | None = pydantic.Field(None, ge=0)
     latency_s: float | None = pydantic.Field(None, ge=0)
+    source_pass: bool | None = None  # the source's own verdict, if it judged the completion (compared, not trusted)
 
 
 def read_generic(path: Path, model: str) -> Iterator[RawCompletion]:
@@ -122,7 +127,7 @@ def read_generic(path: Path, model: str) -> Iterator[RawCompletion]:
             yield RawCompletion(
                 task_id=row.task_id, trial=row.trial, completion=row.completion,
                 prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
-                latency_s=row.latency_s,
+                latency_s=row.latency_s, source_pass=row.source_pass,
             )
 
 
@@ -165,6 +170,9 @@ class RecordedProvider(Provider):
         assert spec is not None  # guaranteed by config validation
         if spec.source == "jsonl":
             path = Path(spec.path or "")
+            if not path.resolve().is_relative_to(IMPORTS.resolve()):
+                log.warning("%s: outside %s/, so DVC does not see it change; move it there to have `dvc repro` "
+                            "rerun `sample` when it does", path, IMPORTS)
             return path, read_generic(path, spec.model)
         source = RECORDED_SOURCES[spec.source]
         file_key, field = source.models[spec.model]
