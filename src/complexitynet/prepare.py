@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 import builtins
 import gzip
+import json
+import os
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -157,13 +159,31 @@ def load_humaneval(path: Path, template: str, fractions: Splits, seed: int) -> l
     ]
 
 
+COSTS_FILE = "mbppplus_cpu.json"  # in sandbox/: the canonical solutions' pinned CPU cost per MBPP+ input
+
+
+def load_costs(path: Path) -> dict[int, tuple[float, dict[int, float]]]:
+    """The pinned costs (sandbox/measure_costs.py writes them): task -> (total CPU seconds of its
+    canonical solution over all inputs, {input index: CPU seconds} for the costly inputs)."""
+    try:
+        raw = json.loads(path.read_text())
+        return {int(task): (float(t["total"]), {int(i): float(c) for i, c in t["inputs"].items()})
+                for task, t in raw["tasks"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a table of MBPP+ reference costs ({exc!r}); restore it from git, or "
+                        "regenerate it with `.venv/bin/python sandbox/measure_costs.py`") from None
+
+
 def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: SandboxPool,
-                 progress: bool = False) -> list[Problem]:
+                 progress: bool = False, costs: dict[int, tuple[float, dict[int, float]]] | None = None
+                 ) -> list[Problem]:
     """MBPP problems with MBPP+'s inputs as hidden tests, expected outputs from running MBPP+'s
     canonical solution in the sandbox, and each input's CPU limit sized from the canonical solution's
-    cost on it (`harness.case_limits`). An input the canonical solution fails on (raises, runs out of
-    time, returns something that is not plain data) is dropped and noted on the problem; so is MBPP+
-    for a problem whose function it calls with other arguments than MBPP's prompt shows."""
+    cost on it (`harness.case_limits`): the pinned `costs` (a measurement taken once, so limits do not
+    move with the machine), else the cost measured in this run. An input the canonical solution fails
+    on (raises, runs out of time, returns something that is not plain data) is dropped and noted on
+    the problem; so is MBPP+ for a problem whose function it calls with other arguments than MBPP's
+    prompt shows."""
     by_task = {int(p.task_id.split("/")[1]): p for p in problems if p.dataset == "mbpp"}
     updated: dict[int, Problem] = {}
     usable = []
@@ -190,7 +210,9 @@ def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: Sa
                 f"MBPP+ not used: its canonical solution does not run ({outcome.status}: {outcome.detail})"]})
             continue
         kept, why = [], Counter()
-        for args, (kind, value), cpu in zip(extra.inputs, outcome.outputs, outcome.cpu_s):
+        total, pinned = costs.get(task, (0.0, {})) if costs is not None else (None, None)
+        for i, (args, (kind, value), cpu) in enumerate(zip(extra.inputs, outcome.outputs, outcome.cpu_s)):
+            cpu = pinned.get(i, 0.0) if pinned is not None else cpu
             if kind == "v" and extra.compare == "not_none":  # EvalPlus keeps only "returned something"
                 kind, value = "v", value if isinstance(value, bool) else value is not None
             if kind == "v" and opaque(value):
@@ -205,7 +227,7 @@ def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: Sa
             notes.append(f"EvalPlus judges {BESPOKE[task]} with a bespoke oracle; compared exactly here")
         if problem.entry_point != extra.entry_point:
             notes.append(f"MBPP+ calls '{extra.entry_point}', MBPP's asserts call '{problem.entry_point}'")
-        limits, budget = case_limits([cpu for _, _, cpu in kept], pool.timeouts)
+        limits, budget = case_limits([cpu for _, _, cpu in kept], pool.timeouts, total)
         hidden = Tests(setup=problem.visible.setup, cases=Cases(
             inputs=[P.encode(args) for args, _, _ in kept], expected=[P.encode(value) for _, value, _ in kept],
             atol=extra.atol, compare=extra.compare,  # type: ignore[arg-type]
@@ -250,4 +272,7 @@ def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Split
         return check_visible(problems, pool)
     if not use_mbppplus:
         return problems
-    return add_mbppplus(problems, mbppplus.load(source_path(sources_dir, "mbppplus")), pool, progress)
+    from complexitynet.sandbox.image import REPO_SANDBOX
+
+    costs = load_costs(Path(os.environ.get("COMPLEXITYNET_SANDBOX_DIR", REPO_SANDBOX)) / COSTS_FILE)
+    return add_mbppplus(problems, mbppplus.load(source_path(sources_dir, "mbppplus")), pool, progress, costs)

@@ -125,6 +125,10 @@ def test_input_limits_follow_the_reference_cost(pool):
     slow = BURN.replace("end = time.process_time() + n", "end = time.process_time() + 4 * n")
     _, outcome, _ = pool.run(Job("slow", slow, out.hidden, "f"))
     assert outcome.status == "pass", outcome
+    # the pipeline's prepare uses pinned costs (sandbox/mbppplus_cpu.json), not this run's measurement
+    (pinned,) = add_mbppplus([base], {901: PlusProblem(901, "f", BURN, [[0.05], [0.6]], 0.0, "exact")}, pool,
+                             costs={901: (3.0, {1: 1.2})})
+    assert pinned.hidden.cases.cpu_s == [2.0, 8.0] and pinned.hidden.cases.budget_cpu_s == 16.0
     flat = out.hidden.model_copy(update={"cases": cases.model_copy(update={"cpu_s": None})})
     _, outcome, _ = pool.run(Job("flat", slow, flat, "f"))
     assert (outcome.status, outcome.failed) == ("timeout", (1,)) and "(2s)" in outcome.detail, outcome

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import importlib
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +42,15 @@ class Timeouts:
     case_factor: float = 4.0  # an input's limit covers this many times the reference's CPU cost on it
 
 
-def case_limits(reference_cpu_s: list[float], timeouts: Timeouts) -> tuple[list[float], float]:
-    """Per-input CPU limits from the reference solution's measured cost, as EvalPlus sizes its time
-    limits (factor x reference, with a floor), and the budget for the whole suite.
+def case_limits(reference_cpu_s: list[float], timeouts: Timeouts,
+                total_cpu_s: float | None = None) -> tuple[list[float], float]:
+    """Per-input CPU limits from the reference solution's cost, as EvalPlus sizes its time limits
+    (factor x reference, with a floor), and the budget for the whole suite.
 
     Each limit is the floor `case_s` doubled until it covers `case_factor` x the reference's time;
-    the budget likewise covers `case_factor` x the reference's total. Powers of two keep a
-    measurement's jitter from moving a limit unless the reference's cost sits at a doubling point.
+    the budget likewise covers `case_factor` x the reference's total (`total_cpu_s`, else the sum).
+    The costs come from a pinned measurement (prepare: sandbox/mbppplus_cpu.json), so the limits,
+    and every verdict that depends on them, are the same on every machine and run.
     """
     def covering(need: float, floor: float) -> float:
         limit = floor
@@ -55,7 +59,8 @@ def case_limits(reference_cpu_s: list[float], timeouts: Timeouts) -> tuple[list[
         return limit
 
     limits = [covering(timeouts.case_factor * cpu, timeouts.case_s) for cpu in reference_cpu_s]
-    return limits, covering(timeouts.case_factor * sum(reference_cpu_s), timeouts.case_s)
+    total = sum(reference_cpu_s) if total_cpu_s is None else total_cpu_s
+    return limits, covering(timeouts.case_factor * total, timeouts.case_s)
 
 
 @dataclass(frozen=True)
@@ -241,16 +246,28 @@ def namespace(conn: Connection, names: dict[str, Any], sources: list[str], entry
 def _names_read(sources: list[str]) -> set[str]:
     """Every bare name the tests' source reads (a test that does not parse reads none: it fails
     on its own when run)."""
-    import ast
-
     found: set[str] = set()
     for source in sources:
+        found |= _names_in(source)
+    return found
+
+
+_PARSE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_in(source: str) -> frozenset[str]:
+    """The names one test source reads; parsed once per source, one thread at a time: CPython 3.11's
+    AST conversion keeps its recursion depth per interpreter, and two threads parsing at once can
+    fail with "SystemError: AST constructor recursion depth mismatch" (gh-106905), as CI saw."""
+    import ast
+
+    with _PARSE_LOCK:
         try:
             tree = ast.parse(source)
-        except (SyntaxError, ValueError):
-            continue
-        found.update(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
-    return found
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return frozenset()
+        return frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
 
 
 def run_tests(session: Session, code: str, tests: Tests, entry_point: str,
