@@ -51,7 +51,7 @@ def bad_request(message: str, code: str, param: str | None = None) -> ApiError:
 
 
 CHAT_PATH = "/v1/chat/completions"
-OUTCOME = "complexitynet.outcome"  # (model, outcome) of a chat request, set where it is decided
+OUTCOME = web.RequestKey("complexitynet.outcome", tuple)  # (model, outcome) of a chat request, set where it is decided
 # Errors raised after the request was forwarded (or could have been): not refusals, and each its own outcome
 AFTER_FORWARDING = {"upstream_unavailable": "upstream_error", "upstream_key_missing": "config_error",
                     "sandbox_unavailable": "sandbox_error", "request_timeout": "timeout",
