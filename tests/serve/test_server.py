@@ -333,3 +333,23 @@ def test_a_request_has_one_deadline_across_rungs(tiny_classifier):
                                json.dumps({"model": "complexitynet:1", "messages": PROMPT}).encode())
         assert status == 504 and "serve.request_timeout_s (1 s)" in assert_openai_error(body, "request_timeout")
         assert 'complexitynet_requests_total{model="none",outcome="timeout"} 1.0' in get(f"{srv.base_url}/metrics").decode()
+
+
+def test_the_classifier_reads_at_most_classify_max_chars_of_a_huge_prompt(server, clean_fake):
+    """Several multi-megabyte prompts must not stall everyone's routing: the classifier gets the
+    first serve.classify_max_chars characters of each."""
+    seen: list[int] = []
+    submit = server.router.batcher.submit
+
+    async def spy(text: str):
+        seen.append(len(text))
+        return await submit(text)
+
+    server.router.batcher.submit = spy
+    try:
+        huge = "Write a function to add two numbers. " + "x" * (3 * 2**20)
+        status, _, decision = post(f"{server.base_url}/v1/route", json.dumps({"prompt": huge}).encode())
+    finally:
+        server.router.batcher.submit = submit
+    assert status == 200 and decision["model"] in RUNGS
+    assert seen == [server.router.cfg.classify_max_chars]
