@@ -105,8 +105,9 @@ def _open_caches(cache_dir: Path, models: list[str]) -> dict[str, AppendLog | No
     try:
         for model in models:
             caches[model] = verdict_cache(cache_dir / f"{model}.jsonl")
-    except BaseException:
-        Plan({}, {}, caches).close()
+    except BaseException:  # e.g. another execute holds a lock: release the ones taken
+        for cache in caches.values():
+            cache.close()  # type: ignore[union-attr]
         raise
     return caches
 

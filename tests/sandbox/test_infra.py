@@ -79,23 +79,25 @@ class SabotagedBackend(Backend):
         return session
 
 
-def test_sandboxes_killed_from_outside_again_and_again_are_never_the_models_failure(backend):
-    pool = SandboxPool(SabotagedBackend(backend, times=3), 1, LIMITS, TIMEOUTS)
+def run_slow_ok(backend: Backend) -> tuple[object, SandboxPool]:
+    """SLOW_OK's outcome on a one-slot pool over `backend`, and the pool (for its counters)."""
+    pool = SandboxPool(backend, 1, LIMITS, TIMEOUTS)
     try:
         _, outcome, _ = pool.run(SLOW_OK)
     finally:
         pool.close(close_backend=False)
+    return outcome, pool
+
+
+def test_sandboxes_killed_from_outside_again_and_again_are_never_the_models_failure(backend):
+    outcome, pool = run_slow_ok(SabotagedBackend(backend, times=3))
     assert outcome.status == "pass" and pool.recycled == 3, outcome
 
 
 def test_a_paused_container_is_retried_not_judged(backend):
     if backend.name != "docker":
         pytest.skip("docker pause")
-    pool = SandboxPool(SabotagedBackend(backend, times=1, how="pause"), 1, LIMITS, TIMEOUTS)
-    try:
-        _, outcome, _ = pool.run(SLOW_OK)
-    finally:
-        pool.close(close_backend=False)
+    outcome, pool = run_slow_ok(SabotagedBackend(backend, times=1, how="pause"))
     assert outcome.status == "pass" and pool.recycled == 1, outcome
 
 
@@ -129,11 +131,7 @@ def test_containers_left_by_a_killed_run_are_removed_at_the_next_start(backend):
 
 
 def test_transient_start_failures_are_retried(backend):
-    pool = SandboxPool(FlakyBackend(backend, failures=2), 1, LIMITS, TIMEOUTS)
-    try:
-        _, outcome, _ = pool.run(SLOW_OK)
-    finally:
-        pool.close(close_backend=False)
+    outcome, _ = run_slow_ok(FlakyBackend(backend, failures=2))
     assert outcome.status == "pass"
 
 
