@@ -39,7 +39,7 @@ def anchor(files: list[Path]) -> None:
 
 def stages(params, out: Path) -> None:
     dataset = params.base.dataset
-    problems = prepare(dataset, SOURCES, params.prepare.templates[dataset], params.prepare.humaneval_split,
+    problems = prepare(dataset, SOURCES, params.prepare.templates[dataset], params.prepare.split.fractions,
                        params.base.seed)
     write_jsonl(out / "problems.jsonl", problems, key=lambda p: task_key(p.task_id))
     by_id = {p.task_id: p for p in problems}

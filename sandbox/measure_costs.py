@@ -41,7 +41,7 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     sources = REPO / "data/sources"
     problems = {int(p.task_id.split("/")[1]): p for p in
-                read_problems("mbpp", sources, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 0)}
+                read_problems("mbpp", sources, params.prepare.templates["mbpp"], params.prepare.split.fractions, 0)}
     plus = load_plus(source_path(sources, "mbppplus"))
     limits, timeouts = Limits(**params.execute.limits.model_dump()), Timeouts(**params.execute.timeouts.model_dump())
     pool = SandboxPool(make_backend(args.backend, limits), args.workers, limits, timeouts)

@@ -49,8 +49,28 @@ class Splits(Section):
         return self
 
 
+SplitMethod = Literal["dataset", "seeded", "outputs", "file"]
+
+
+class SplitParams(Section):
+    """Which prompts train, validate and test the router (prepare writes the split on each problem).
+    dataset: MBPP's own split (the paper's), HumanEval seeded by `fractions`; seeded: every prompt by
+    `fractions`; outputs: seeded over the prompts every recorded rung of the ladder has an output for
+    (the others are `unused`); file: the `split` of each row of `file` (prompts it omits are unused)."""
+
+    method: SplitMethod = "dataset"
+    fractions: Splits = Splits()
+    file: str | None = None  # JSONL rows {"task_id": str, "split": "train"|"validation"|"test"|"unused"}
+
+    @model_validator(mode="after")
+    def _file_with_method(self) -> SplitParams:
+        if (self.method == "file") != (self.file is not None):
+            raise ValueError("set `file` exactly when method is `file`")
+        return self
+
+
 class Prepare(Section):
-    humaneval_split: Splits = Splits()  # seeded split of HumanEval (MBPP keeps its original split)
+    split: SplitParams = SplitParams()
     mbppplus: bool = True  # MBPP's hidden tests from MBPP+ (False: hidden = visible; for quick smoke runs)
     templates: dict[Dataset, str]  # the prompt shown to models; fields {text}, {tests}, {entry_point}
 

@@ -51,6 +51,8 @@ def label_problems(problems: list[Problem], verdicts: dict[str, list[Verdict]], 
                 status[model][v.task_id][v.trial] = result.status == "pass"
     labels = []
     for problem in problems:
+        if problem.split == "unused":
+            continue
         counts, first = [], []
         flagged = False
         for model in ladder:
@@ -107,8 +109,8 @@ def check_trainable(labels: list[Label], ladder: list[str], max_missing: int, fo
         rows = [lab for lab in fit if lab.split == split]
         flagged = sum(lab.flagged for lab in rows)
         if not rows:
-            raise DataError(f"labels: the {split} split has no prompts; for HumanEval set "
-                            "prepare.humaneval_split (MBPP keeps the dataset's own split)")
+            raise DataError(f"labels: the {split} split has no prompts; choose the split in prepare.split "
+                            "(seeded fractions, the prompts that have outputs, or a file)")
         if flagged > max_missing:
             short = sorted({m for lab in rows if lab.flagged for m in ladder if lab.trials.get(m, 0) == 0})
             raise DataError(

@@ -1,7 +1,8 @@
 """prepare: turn the benchmark sources into data/problems.jsonl.
 
 MBPP keeps the original paper's split (task_ids 1-10 few-shot, 11-510 test, 511-600 validation,
-601-974 train); HumanEval, which has none, gets a seeded split. Every problem carries two suites:
+601-974 train) and HumanEval, which has none, gets a seeded split, unless `prepare.split` asks for a
+seeded split of every prompt, of the prompts the ladder's recorded rungs cover, or a user's file. Every problem carries two suites:
 visible tests (what the prompt shows: MBPP's three asserts, HumanEval's docstring examples) and
 hidden tests (what judges: MBPP+'s inputs, HumanEval's `check`). Tests stay structured (setup,
 asserts, check function, input/output cases) so the sandbox can run them one by one.
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from complexitynet import mbppplus
-from complexitynet.config import Splits
+from complexitynet.config import SplitParams, Splits
 from complexitynet.docstring_tests import docstring_asserts
 from complexitynet.errors import DataError
 from complexitynet.extract import parse_quietly
@@ -119,7 +120,7 @@ def load_mbpp(path: Path, template: str) -> list[Problem]:
     return problems
 
 
-def humaneval_splits(task_ids: list[str], fractions: Splits, seed: int) -> dict[str, Split]:
+def seeded_splits(task_ids: list[str], fractions: Splits, seed: int) -> dict[str, Split]:
     """A seeded split: the same ids, fractions and seed always give the same assignment."""
     ids = sorted(task_ids)
     random.Random(seed).shuffle(ids)
@@ -141,7 +142,7 @@ def load_humaneval(path: Path, template: str, fractions: Splits, seed: int) -> l
             _field(obj, "test", str, path, lineno),
             _field(obj, "entry_point", str, path, lineno),
         ))
-    splits = humaneval_splits([r[0] for r in rows], fractions, seed)
+    splits = seeded_splits([r[0] for r in rows], fractions, seed)
     return [
         Problem(
             task_id=task_id,
@@ -261,6 +262,53 @@ def read_problems(dataset: Dataset, sources_dir: Path, template: str, fractions:
     if dataset == "humaneval":
         return load_humaneval(path, template, fractions, seed)
     return load_mbpp(path, template)
+
+
+SPLIT_FILE_VALUES = ("train", "validation", "test", "unused")
+
+
+def read_split_file(path: Path) -> dict[str, Split]:
+    """A user's split column: JSONL rows {"task_id": ..., "split": train|validation|test|unused}."""
+    if not path.exists():
+        raise DataError(f"{path}: split file not found (prepare.split.file)")
+    out: dict[str, Split] = {}
+    for lineno, obj in iter_json_lines(path):
+        task_id, split = obj.get("task_id"), obj.get("split")
+        if not isinstance(task_id, str) or split not in SPLIT_FILE_VALUES:
+            raise DataError(f"{path}:{lineno}: each row needs a string 'task_id' and a 'split' among "
+                            f"{', '.join(SPLIT_FILE_VALUES)}; got {obj!r}")
+        if task_id in out:
+            raise DataError(f"{path}:{lineno}: task_id {task_id!r} appears twice; keep one row per prompt")
+        out[task_id] = split
+    return out
+
+
+def split_assignment(task_ids: list[str], split: SplitParams, seed: int, covered: set[str] | None = None,
+                     split_file: Path | None = None) -> dict[str, Split] | None:
+    """Each prompt's split under `prepare.split`; None for `dataset` (the loader's split stands). For
+    `outputs`, `covered` holds the prompts every recorded rung has an output for; for `file`, the rows
+    of `split_file` decide. Prompts left out are `unused`: never sampled live, labelled, trained on or
+    evaluated. Cheap (ids only), so it runs before the sandbox; an empty split is an error naming the fix."""
+    if split.method == "dataset":
+        return None
+    if split.method == "file":
+        assert split_file is not None
+        table = read_split_file(split_file)
+        unknown = sorted(set(table) - set(task_ids))
+        if unknown:
+            raise DataError(f"{split_file}: {len(unknown)} task_id(s) are not prompts of this dataset "
+                            f"(e.g. {unknown[:3]}); check base.dataset or the file")
+        assigned: dict[str, Split] = {t: table.get(t, "unused") for t in task_ids}
+        where = str(split_file)
+    else:
+        pool = task_ids if split.method == "seeded" else [t for t in task_ids if covered is None or t in covered]
+        assigned = {t: "unused" for t in task_ids} | seeded_splits(pool, split.fractions, seed)
+        where = f"prepare.split ({split.method}: {len(pool)} prompts)"
+    for name in ("train", "validation", "test"):
+        if name not in assigned.values():
+            raise DataError(f"{where}: no prompt is in the {name} split; give it prompts (fractions, the file, "
+                            "or outputs for more prompts)")
+    return assigned
 
 
 def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Splits, seed: int,

@@ -79,10 +79,11 @@ def recorded_completions(model: ModelSpec, sources_dir: Path) -> tuple[Path, Ite
 
 def sample_recorded(model: ModelSpec, problems: dict[str, Problem], sources_dir: Path,
                     chars_per_token: float) -> list[Sample]:
-    """Every recorded completion of `model` for the given problems (others in the source are ignored
-    for built-in sources; in a user's jsonl file an unknown task_id is an error)."""
+    """Every recorded completion of `model` for the given problems but `unused` ones (others in the
+    source are ignored for built-in sources; in a user's jsonl file an unknown task_id is an error)."""
     raws = RecordedProvider(model, sources_dir).completions(problems)
-    samples = [to_sample(raw, model, problems[raw.task_id], chars_per_token) for raw in raws]
+    samples = [to_sample(raw, model, problems[raw.task_id], chars_per_token) for raw in raws
+               if problems[raw.task_id].split != "unused"]
     return sorted(samples, key=sample_key)
 
 
@@ -100,7 +101,8 @@ def sample_ladder(ladder: list[ModelSpec], problems: dict[str, Problem], sources
     """Samples of every model of the ladder for `problems`.
 
     Every provider is checked (e.g. that its API-key variable is set) before any request is sent.
-    Live models sample `cfg.k` trials of the first `cfg.limit` problems (all when None), all models
+    Live models sample `cfg.k` trials of the first `cfg.limit` problems (all when None) outside the
+    `unused` split, all models
     concurrently through the sampling engine; their answers are cached in
     `cache_dir/<model>.jsonl`. Raises BudgetExceeded or SamplingFailed (after the run, with every
     finished request cached) when not every sample could be had.
@@ -114,7 +116,8 @@ def sample_ladder(ladder: list[ModelSpec], problems: dict[str, Problem], sources
     if not live:
         return run
     budget = Budget(cfg.budget_usd)
-    selected = {t: problems[t] for t in sorted(problems, key=task_key)[:cfg.limit]}
+    used = sorted((t for t, p in problems.items() if p.split != "unused"), key=task_key)
+    selected = {t: problems[t] for t in used[:cfg.limit]}
     with open_caches(cache_dir, [m.name for m in live]) as caches:
         jobs = []
         for spec in live:
@@ -166,9 +169,9 @@ def _raise_if_incomplete(run: LadderRun, budget: Budget, cache_dir: Path) -> Non
 
 
 def summarize(samples: list[Sample], problems: dict[str, Problem]) -> dict[str, Any]:
-    """Per-model totals for metrics/sample.json."""
+    """Per-model totals for metrics/sample.json (prompts of the `unused` split are not missing)."""
     tasks = {s.task_id for s in samples}
-    missing = sorted(set(problems) - tasks, key=task_key)
+    missing = sorted({t for t, p in problems.items() if p.split != "unused"} - tasks, key=task_key)
     return {
         "samples": len(samples),
         "tasks": len(tasks),

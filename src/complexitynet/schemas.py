@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Dataset = Literal["mbpp", "humaneval"]
-Split = Literal["fewshot", "train", "validation", "test"]
+Split = Literal["fewshot", "train", "validation", "test", "unused"]  # unused: outside the experiment (prepare.split)
 
 _TASK_ID = re.compile(r"^(?P<prefix>.*?)(?P<num>\d+)$")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from complexitynet.config import ModelSpec, Params
-from complexitynet.errors import DataError
+from complexitynet.errors import ConfigError, DataError
 
 log = logging.getLogger("complexitynet")
 
@@ -70,24 +70,52 @@ def fetch(params: Params, paths: Paths) -> None:
 
 def prepare(params: Params, paths: Paths) -> None:
     from complexitynet.io import write_jsonl
+    from complexitynet.prepare import read_problems, split_assignment
     from complexitynet.prepare import prepare as prepare_problems
     from complexitynet.schemas import task_key
 
     dataset = params.base.dataset
+    split = params.prepare.split
+    covered, split_file = None, None
+    if split.method == "outputs":
+        covered = recorded_coverage(params, paths)
+    if split.method == "file":
+        from complexitynet.providers.recorded import warn_outside_imports
+
+        split_file = Path(split.file or "")
+        warn_outside_imports(split_file, "prepare")
+    ids = [p.task_id for p in read_problems(dataset, paths.sources, params.prepare.templates[dataset],
+                                            split.fractions, params.base.seed)]
+    assigned = split_assignment(ids, split, params.base.seed, covered, split_file)  # before the sandbox runs
     pool = SandboxConfig.from_params(params).open_pool()  # reference solutions run in the sandbox too
     try:
         problems = prepare_problems(dataset, paths.sources, params.prepare.templates[dataset],
-                                    params.prepare.humaneval_split, params.base.seed, pool,
-                                    params.prepare.mbppplus, progress_bars())
+                                    split.fractions, params.base.seed, pool, params.prepare.mbppplus, progress_bars())
     finally:
         pool.close()
+    if assigned is not None:
+        problems = [p.model_copy(update={"split": assigned[p.task_id]}) for p in problems]
     n = write_jsonl(paths.problems, problems, key=lambda p: task_key(p.task_id))
-    counts = {s: sum(p.split == s for p in problems) for s in ("fewshot", "train", "validation", "test")}
+    counts = {s: sum(p.split == s for p in problems) for s in ("fewshot", "train", "validation", "test", "unused")}
     log.info("prepare: %d %s problems -> %s %s", n, dataset, paths.problems, counts)
     hidden = Counter(p.hidden_source for p in problems)
     log.info("prepare: hidden tests from %s; %d problems with visible tests, %d hidden tests in all, %d notes",
              dict(sorted(hidden.items())), sum(p.visible.total > 0 for p in problems),
              sum(p.hidden.total for p in problems), sum(len(p.notes) for p in problems))
+
+
+def recorded_coverage(params: Params, paths: Paths) -> set[str]:
+    """The prompts every recorded rung of the ladder has an output for (`prepare.split: outputs`)."""
+    from complexitynet.providers.recorded import RecordedProvider
+
+    recorded = [m for m in params.ladder if not m.live]
+    if not recorded:
+        raise ConfigError(f"prepare.split.method 'outputs': ladder '{params.ladder_name}' has no recorded rung, so "
+                          "no prompt 'has outputs' before sampling; use method seeded or file")
+    covered = set.intersection(*(RecordedProvider(m, paths.sources).task_ids() for m in recorded))
+    log.info("prepare: %d prompts have outputs of every recorded rung (%s)", len(covered),
+             ", ".join(m.name for m in recorded))
+    return covered
 
 
 # --- sample -----------------------------------------------------------------------------------

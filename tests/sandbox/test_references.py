@@ -39,7 +39,7 @@ def problems(sources_dir, params):
     """Both datasets as the prepare stage writes them (MBPP+ expected outputs computed in bwrap)."""
     pool = SandboxPool(make("bwrap", STAGE_LIMITS), 2, STAGE_LIMITS, STAGE_TIMEOUTS)
     try:
-        return {ds: prepare(ds, sources_dir, params.prepare.templates[ds], params.prepare.humaneval_split, 1, pool)
+        return {ds: prepare(ds, sources_dir, params.prepare.templates[ds], params.prepare.split.fractions, 1, pool)
                 for ds in ("mbpp", "humaneval")}
     finally:
         pool.close()

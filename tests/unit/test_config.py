@@ -82,9 +82,14 @@ def test_template_with_unknown_field(tmp_path):
 
 
 def test_splits_must_sum_to_one(tmp_path):
-    msg = error_for(tmp_path, lambda p: p["prepare"].update(humaneval_split={"train": 0.5, "validation": 0.2,
-                                                                             "test": 0.2}))
-    assert "prepare.humaneval_split" in msg and "sum to 1" in msg
+    msg = error_for(tmp_path, lambda p: p["prepare"]["split"].update(fractions={"train": 0.5, "validation": 0.2,
+                                                                                "test": 0.2}))
+    assert "prepare.split.fractions" in msg and "sum to 1" in msg
+
+
+def test_split_file_goes_with_method_file(tmp_path):
+    msg = error_for(tmp_path, lambda p: p["prepare"]["split"].update(method="file"))
+    assert "prepare.split" in msg and "method is `file`" in msg
 
 
 def test_jsonl_source_needs_path(tmp_path):

@@ -68,6 +68,12 @@ def test_missing_trials_error_names_prompt_and_model_unless_allowed():
     assert lab.flagged and lab.label == 2 and lab.pass_rate["medium"] is None
 
 
+def test_unused_prompts_get_no_label_and_need_no_outputs():
+    table = {"T/1": {"small": [True], "medium": [True], "large": [True]}}
+    labels = label_problems([problem("T/1"), problem("T/2", split="unused")], verdicts(table), LADDER, k=1)
+    assert [lab.task_id for lab in labels] == ["T/1"]
+
+
 def test_distribution_counts_per_split():
     table = {"T/1": {m: [True] for m in LADDER}, "T/2": {m: [False] for m in LADDER}}
     labels = label_problems([problem("T/1"), problem("T/2", "test")], verdicts(table), LADDER, k=1)

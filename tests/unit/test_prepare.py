@@ -3,12 +3,14 @@ from collections import Counter
 import pytest
 
 from complexitynet.config import Splits
-from complexitynet.prepare import humaneval_splits, mbpp_entry_point, mbpp_split, read_problems
+from complexitynet.config import SplitParams
+from complexitynet.errors import DataError
+from complexitynet.prepare import mbpp_entry_point, mbpp_split, read_problems, seeded_splits, split_assignment
 
 
 @pytest.fixture(scope="module")
 def mbpp(sources_dir, params):
-    return read_problems("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 1)
+    return read_problems("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.split.fractions, 1)
 
 
 def test_mbpp_has_974_rows_with_the_original_split(mbpp):
@@ -47,7 +49,7 @@ def test_mbpp_split_bounds():
 
 def test_humaneval_is_seeded_and_complete(sources_dir, params):
     probs = read_problems("humaneval", sources_dir, params.prepare.templates["humaneval"],
-                    params.prepare.humaneval_split, params.base.seed)
+                    params.prepare.split.fractions, params.base.seed)
     assert len(probs) == 164
     assert Counter(p.split for p in probs) == {"train": 98, "validation": 33, "test": 33}
     p = probs[0]
@@ -59,5 +61,53 @@ def test_humaneval_is_seeded_and_complete(sources_dir, params):
     assert p.reference.startswith(p.text) and "```python\nfrom typing import List" in p.prompt
     ids = [q.task_id for q in probs]
     fr = Splits()
-    assert humaneval_splits(ids, fr, 7) == humaneval_splits(list(reversed(ids)), fr, 7)
-    assert humaneval_splits(ids, fr, 7) != humaneval_splits(ids, fr, 8)
+    assert seeded_splits(ids, fr, 7) == seeded_splits(list(reversed(ids)), fr, 7)
+    assert seeded_splits(ids, fr, 7) != seeded_splits(ids, fr, 8)
+
+
+IDS = [f"MBPP/{i}" for i in range(1, 101)]
+
+
+def test_split_dataset_keeps_the_loaders_split():
+    assert split_assignment(IDS, SplitParams(), 1) is None
+
+
+def test_split_seeded_covers_every_prompt_by_fraction():
+    got = split_assignment(IDS, SplitParams(method="seeded"), 1)
+    assert Counter(got.values()) == {"train": 60, "validation": 20, "test": 20}
+    assert got == split_assignment(list(reversed(IDS)), SplitParams(method="seeded"), 1)
+
+
+def test_split_outputs_uses_only_the_covered_prompts():
+    covered = set(IDS[50:])
+    got = split_assignment(IDS, SplitParams(method="outputs"), 1, covered=covered)
+    assert {t for t, s in got.items() if s == "unused"} == set(IDS[:50])
+    assert Counter(s for t, s in got.items() if t in covered) == {"train": 30, "validation": 10, "test": 10}
+
+
+def test_split_file_assigns_its_rows_and_leaves_the_rest_unused(tmp_path):
+    path = tmp_path / "splits.jsonl"
+    path.write_text('{"task_id": "MBPP/1", "split": "train"}\n{"task_id": "MBPP/2", "split": "validation"}\n'
+                    '{"task_id": "MBPP/3", "split": "test"}\n{"task_id": "MBPP/4", "split": "unused"}\n')
+    got = split_assignment(IDS, SplitParams(method="file", file=str(path)), 1, split_file=path)
+    assert [got[f"MBPP/{i}"] for i in range(1, 6)] == ["train", "validation", "test", "unused", "unused"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ('{"task_id": "MBPP/1", "split": "dev"}\n', r"splits.jsonl:1: .*'split' among train, validation, test, unused"),
+    ('{"task_id": "MBPP/1", "split": "train"}\n{"task_id": "MBPP/1", "split": "test"}\n',
+     r"splits.jsonl:2: task_id 'MBPP/1' appears twice"),
+    ('{"task_id": "HumanEval/1", "split": "train"}\n', r"1 task_id\(s\) are not prompts of this dataset"),
+    ('{"task_id": "MBPP/1", "split": "train"}\n{"task_id": "MBPP/2", "split": "test"}\n',
+     r"no prompt is in the validation split"),
+])
+def test_split_file_errors_name_the_file_row_and_fix(tmp_path, rows, message):
+    path = tmp_path / "splits.jsonl"
+    path.write_text(rows)
+    with pytest.raises(DataError, match=message):
+        split_assignment(IDS, SplitParams(method="file", file=str(path)), 1, split_file=path)
+
+
+def test_split_outputs_with_too_few_covered_prompts_names_the_split():
+    with pytest.raises(DataError, match=r"prepare.split \(outputs: 1 prompts\): no prompt is in the validation"):
+        split_assignment(IDS, SplitParams(method="outputs"), 1, covered={"MBPP/7"})

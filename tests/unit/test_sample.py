@@ -10,7 +10,7 @@ from complexitynet.sample import cost_usd, estimate_tokens, sample_recorded
 
 @pytest.fixture(scope="module")
 def mbpp_problems(sources_dir, params):
-    probs = read_problems("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.humaneval_split, 1)
+    probs = read_problems("mbpp", sources_dir, params.prepare.templates["mbpp"], params.prepare.split.fractions, 1)
     return {p.task_id: p for p in probs}
 
 
@@ -44,7 +44,7 @@ def test_recorded_codellama_nulls_become_empty_completions(sources_dir, mbpp_pro
 
 
 def test_recorded_humaneval_token_counts(sources_dir, params):
-    probs = read_problems("humaneval", sources_dir, params.prepare.templates["humaneval"], params.prepare.humaneval_split, 1)
+    probs = read_problems("humaneval", sources_dir, params.prepare.templates["humaneval"], params.prepare.split.fractions, 1)
     problems = {p.task_id: p for p in probs}
     llama = sample_recorded(model(source="adaptivellm-humaneval", source_model="CodeLlama-7b-Instruct-hf"),
                             problems, sources_dir, 3.4)

@@ -112,6 +112,12 @@ class GenericCompletion(pydantic.BaseModel):
     source_pass: bool | None = None  # the source's own verdict, if it judged the completion (compared, not trusted)
 
 
+def warn_outside_imports(path: Path, what: str) -> None:
+    if not path.resolve().is_relative_to(IMPORTS.resolve()):
+        log.warning("%s: outside %s/, so DVC does not see it change; move it there to have `dvc repro` rerun "
+                    "`%s` when it does", path, IMPORTS, what)
+
+
 def read_generic(path: Path, model: str) -> Iterator[RawCompletion]:
     """The generic import format (module docstring); rows of other models are skipped."""
     if not path.exists():
@@ -170,14 +176,16 @@ class RecordedProvider(Provider):
         assert spec is not None  # guaranteed by config validation
         if spec.source == "jsonl":
             path = Path(spec.path or "")
-            if not path.resolve().is_relative_to(IMPORTS.resolve()):
-                log.warning("%s: outside %s/, so DVC does not see it change; move it there to have `dvc repro` "
-                            "rerun `sample` when it does", path, IMPORTS)
+            warn_outside_imports(path, "sample")
             return path, read_generic(path, spec.model)
         source = RECORDED_SOURCES[spec.source]
         file_key, field = source.models[spec.model]
         path = source_path(self.sources_dir, file_key)
         return path, source.reader(path, field)
+
+    def task_ids(self) -> set[str]:
+        """The prompts this recording has at least one completion for."""
+        return {raw.task_id for raw in self.source()[1]}
 
     def completions(self, problems: Mapping[str, Problem]) -> list[RawCompletion]:
         """Every recorded completion for the given problems, one per (task, trial). Tasks that are not
