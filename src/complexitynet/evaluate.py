@@ -87,8 +87,10 @@ def routing_errors(choices: np.ndarray, ts: TestSet) -> dict[str, float]:
     return {"under_routing": float(under.mean()), "over_routing": float((choices > oracle).mean())}
 
 
-def policies(ts: TestSet, probs: dict[str, np.ndarray], target: float, overhead: float) -> dict[str, dict[str, Any]]:
-    """Pass rate and cost of every policy, relative to always-largest."""
+def policies(ts: TestSet, probs: dict[str, np.ndarray], target: float, overhead: float,
+             reference: int) -> dict[str, dict[str, Any]]:
+    """Pass rate and cost of every policy; cost and saving relative to always-largest, PGR between
+    always-cheapest and the `reference` rung (the best single model on train + validation)."""
     n, top = len(ts.task_ids), len(ts.models) - 1
     points: dict[str, R.Point] = {f"always:{m}": R.outcome(R.fixed(i, n), ts.quality, ts.cost)
                                   for i, m in enumerate(ts.models)}
@@ -97,18 +99,21 @@ def policies(ts: TestSet, probs: dict[str, np.ndarray], target: float, overhead:
     points["random_mix"] = R.random_mix(router_choices, ts.quality, ts.cost)
     for name, p in probs.items():
         points[name] = R.outcome(R.choose(p, target), ts.quality, ts.cost, overhead if name == "router" else 0.0)
-    weak, strong = points[f"always:{ts.models[0]}"], points[f"always:{ts.models[top]}"]
-    return {name: {"pass_rate": p.quality, "cost_usd": p.cost, "cost_vs_largest": p.cost / strong.cost,
-                   "saving_vs_largest": 1 - p.cost / strong.cost, "pgr": R.pgr(p.quality, weak.quality, strong.quality)}
+    weak, strong = points[f"always:{ts.models[0]}"], points[f"always:{ts.models[reference]}"]
+    largest = points[f"always:{ts.models[top]}"].cost
+    return {name: {"pass_rate": p.quality, "cost_usd": p.cost, "cost_vs_largest": p.cost / largest,
+                   "saving_vs_largest": 1 - p.cost / largest, "pgr": R.pgr(p.quality, weak.quality, strong.quality)}
             for name, p in points.items()}
 
 
-def curves(ts: TestSet, probs: dict[str, np.ndarray], targets: np.ndarray, overhead: float) -> dict[str, Any]:
-    """Target sweeps, with APGR, CPT(50%), CPT(80%) and AIQ per classifier, and the ladder's own AIQ."""
+def curves(ts: TestSet, probs: dict[str, np.ndarray], targets: np.ndarray, overhead: float,
+           reference: int) -> dict[str, Any]:
+    """Target sweeps, with APGR, CPT(50%), CPT(80%) (PGR up to the `reference` rung) and AIQ (over the
+    ladder's cost range) per classifier, and the ladder's own AIQ."""
     n, top = len(ts.task_ids), len(ts.models) - 1
     ladder = [R.outcome(R.fixed(i, n), ts.quality, ts.cost) for i in range(top + 1)]
-    weak, strong = ladder[0], ladder[top]
-    out: dict[str, Any] = {"ladder_aiq": R.aiq(ladder, weak.cost, strong.cost)}
+    weak, strong, largest = ladder[0], ladder[reference], ladder[top]
+    out: dict[str, Any] = {"ladder_aiq": R.aiq(ladder, weak.cost, largest.cost)}
     for name, p in probs.items():
         swept = R.sweep(p, ts.quality, ts.cost, targets, overhead if name == "router" else 0.0)
         pts = [pt for _, pt in swept]
@@ -116,7 +121,7 @@ def curves(ts: TestSet, probs: dict[str, np.ndarray], targets: np.ndarray, overh
             "apgr": R.apgr(pts, weak, strong),
             "cpt50": R.cpt(pts, weak, strong, 0.5),
             "cpt80": R.cpt(pts, weak, strong, 0.8),
-            "aiq": R.aiq(pts + ladder, weak.cost, strong.cost),
+            "aiq": R.aiq(pts + ladder, weak.cost, largest.cost),
             "curve": [{"target": t, "pass_rate": pt.quality, "cost_usd": pt.cost} for t, pt in swept],
         }
     return out
@@ -148,9 +153,22 @@ def trials_question(ts: TestSet, probs: np.ndarray) -> dict[str, Any]:
             "route_by_label": {k: {"pass_rate": v.quality, "cost_usd": v.cost} for k, v in follow.items()}}
 
 
+def reference_info(fit_quality: np.ndarray, models: list[str]) -> dict[str, Any]:
+    """The ladder's best single model on train + validation (`policy.reference_rung`), each rung's pass
+    rate there, and whether the ladder is monotone (no rung passes less than a cheaper one)."""
+    means = fit_quality.mean(axis=0)
+    ref = P.reference_rung(fit_quality)
+    inversions = [[models[i], models[j]] for i in range(len(models)) for j in range(i + 1, len(models))
+                  if means[j] < means[i] - 1e-12]
+    return {"model": models[ref], "index": ref, "n": len(fit_quality), "monotone": not inversions,
+            "inversions": inversions, "pass_rate": {m: float(q) for m, q in zip(models, means)}}
+
+
 def evaluate(ts: TestSet, probs: dict[str, np.ndarray], target: float, targets: np.ndarray, overhead: float,
-             rounds: int, seed: int, source_flags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every number of the evaluation (see the module docstring and README, "Evaluation")."""
+             rounds: int, seed: int, reference: dict[str, Any], source_flags: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """Every number of the evaluation (see the module docstring and README, "Evaluation");
+    `reference` is `reference_info` of the train + validation prompts."""
     router = probs["router"]
     choices = R.choose(router, target)
     top = len(ts.models) - 1
@@ -169,19 +187,21 @@ def evaluate(ts: TestSet, probs: dict[str, np.ndarray], target: float, targets: 
         "target": target,
         "classifier": {name: classifier_scores(ts.labels, p, rounds, seed) for name, p in probs.items()},
         "routing_errors": routing_errors(choices, ts),
-        "policies": policies(ts, probs, target, overhead),
+        "reference": reference,
+        "policies": policies(ts, probs, target, overhead, reference["index"]),
         "router_ci95": {"pass_rate": list(R.bootstrap_ci(router_pass, len(rows), rounds, seed)),
                         "saving_vs_largest": list(R.bootstrap_ci(router_saving, len(rows), rounds, seed))},
         "router_mix": {m: int((choices == i).sum()) for i, m in enumerate(ts.models)},
         "largest": {"pass_rate": strong.quality, "cost_usd": strong.cost},
-        "curves": curves(ts, probs, targets, overhead),
+        "curves": curves(ts, probs, targets, overhead, reference["index"]),
         "paper_way": paper_way(ts, router),
         "trials": trials_question(ts, router),
         "source_flags": source_flags or {},
     }
 
 
-def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, rounds: int, seed: int) -> dict[str, Any]:
+def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, rounds: int, seed: int,
+           reference: int) -> dict[str, Any]:
     """The router that pays, on the test split: every success-model candidate at its cross-validated
     lambda (prompt-only routing), the verified cascade (the chosen candidate, its lambda and gate)
     and the plain cascade (cheapest first, escalate on every visible failure), each with 95% paired
@@ -217,22 +237,23 @@ def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, ro
     out["curves"]["cascade"] = [
         _point((r := P.cascade(chosen, rec, replace(spec.rule, lam=x), spec.gate, spec.unit_cost)).quality, r.cost,
                largest) for x in P.lambda_grid()]
-    out["curve_scores"] = {name: _curve_scores(curve, quality, cost) for name, curve in out["curves"].items()}
+    out["curve_scores"] = {name: _curve_scores(curve, quality, cost, reference) for name, curve in out["curves"].items()}
     out["curve_scores"]["ladder"] = _curve_scores([_point(quality[:, j], cost[:, j], largest) for j in range(models)],
-                                                  quality, cost)
+                                                  quality, cost, reference)
     return out
 
 
-def _curve_scores(curve: list[tuple[float, float]], quality: np.ndarray, cost: np.ndarray) -> dict[str, float]:
+def _curve_scores(curve: list[tuple[float, float]], quality: np.ndarray, cost: np.ndarray,
+                  reference: int) -> dict[str, float]:
     """AIQ and APGR of a lambda sweep's own hull: unlike `curves`, the ladder's points are not added,
     so a router can score below the ladder (the ladder's own values are the reference)."""
     largest = cost[:, -1].sum()
     points = [R.Point(q, c * largest) for c, q in curve]
     ladder = [R.Point(float(quality[:, j].mean()), float(cost[:, j].sum())) for j in range(quality.shape[1])]
-    weak, strong = ladder[0], ladder[-1]
+    weak, strong = ladder[0], ladder[reference]
     xs, ys = R.pgr_curve(points, weak, strong)
     grid = np.linspace(0.0, 1.0, 2001)
-    return {"aiq": R.aiq(points, weak.cost, strong.cost),
+    return {"aiq": R.aiq(points, weak.cost, ladder[-1].cost),
             "apgr": float(np.trapezoid(np.nan_to_num(R.hull(xs, ys)(grid), nan=0.0), grid))}
 
 

@@ -177,11 +177,19 @@ def cascade(success: np.ndarray, rec: Recorded, rule: Rule, gate: Gate, unit_cos
 
 # --- choosing lambda, and judging a policy ------------------------------------------------------
 
+def reference_rung(quality: np.ndarray) -> int:
+    """The ladder's best single model on these prompts: the rung with the highest mean pass rate (the
+    cheaper on a tie). Pass-rate goals, budgets and PGR are relative to it, not to the last rung: on a
+    ladder whose middle model beats its largest, always-largest is not what a user would pick."""
+    means = quality.mean(axis=0)
+    return int(np.flatnonzero(means >= means.max() - 1e-12)[0])
+
+
 @dataclass(frozen=True)
 class Objective:
     """What lambda is chosen for: the largest margin over the ladder's hull; the lowest cost that
-    keeps `value` of always-largest's pass rate (quality_floor); or the best pass rate within
-    `value` of always-largest's cost (budget)."""
+    keeps `value` of the best single model's pass rate (quality_floor); or the best pass rate within
+    `value` of the best single model's cost (budget). See `reference_rung`."""
 
     kind: Literal["margin", "quality_floor", "budget"] = "margin"
     value: float = 1.0
@@ -204,7 +212,8 @@ def best_lambda(run: Callable[[float], tuple[np.ndarray, np.ndarray]], lams: Seq
                 quality: np.ndarray, cost: np.ndarray) -> float:
     """The lambda whose policy (per-prompt pass rates and costs from `run(lam)`) best meets the
     objective on these prompts (out-of-fold predictions on train + validation, never test)."""
-    largest_q, largest_c = float(quality[:, -1].mean()), float(cost[:, -1].sum())
+    ref = reference_rung(quality)
+    ref_q, ref_c = float(quality[:, ref].mean()), float(cost[:, ref].sum())
     scored = []
     for lam in lams:
         q_pp, c_pp = run(float(lam))
@@ -212,9 +221,9 @@ def best_lambda(run: Callable[[float], tuple[np.ndarray, np.ndarray]], lams: Seq
         if objective.kind == "margin":
             key = (margin(q, c, quality, cost), -c)
         elif objective.kind == "quality_floor":
-            key = (q >= objective.value * largest_q - 1e-12, -c if q >= objective.value * largest_q - 1e-12 else q)
+            key = (q >= objective.value * ref_q - 1e-12, -c if q >= objective.value * ref_q - 1e-12 else q)
         else:
-            key = (c <= objective.value * largest_c + 1e-12, q if c <= objective.value * largest_c + 1e-12 else -c)
+            key = (c <= objective.value * ref_c + 1e-12, q if c <= objective.value * ref_c + 1e-12 else -c)
         scored.append((key, float(lam)))
     return max(scored, key=lambda s: s[0])[1]
 

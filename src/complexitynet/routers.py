@@ -96,10 +96,10 @@ def cv_scores(oof: np.ndarray, targets: np.ndarray, q_pp: np.ndarray, c_pp: np.n
     from sklearn.metrics import roc_auc_score
 
     ladder = [R.Point(float(quality[:, j].mean()), float(cost[:, j].sum())) for j in range(len(models))]
-    weak, strong = ladder[0], ladder[-1]
+    weak, strong = ladder[0], ladder[P.reference_rung(quality)]
     out = {"routing_margin": P.margin(float(q_pp.mean()), float(c_pp.sum()), quality, cost),
-           "pass_rate": float(q_pp.mean()), "cost_vs_largest": float(c_pp.sum() / strong.cost),
-           "aiq": R.aiq(sweep + ladder, weak.cost, strong.cost),
+           "pass_rate": float(q_pp.mean()), "cost_vs_largest": float(c_pp.sum() / ladder[-1].cost),
+           "aiq": R.aiq(sweep + ladder, weak.cost, ladder[-1].cost),
            "cpt50": R.cpt(sweep, weak, strong, 0.5), "cpt80": R.cpt(sweep, weak, strong, 0.8)}
     for j, model in enumerate(models):
         passed = targets[:, j] >= 0.5

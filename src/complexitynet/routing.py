@@ -63,18 +63,19 @@ def sweep(level_probs: np.ndarray, quality: np.ndarray, cost: np.ndarray, target
 
 def calibrate_target(level_probs: np.ndarray, quality: np.ndarray, cost: np.ndarray, targets: np.ndarray,
                      goal: float) -> float:
-    """The target with the lowest cost whose pass rate keeps `goal` of always-largest's pass rate
-    (computed on held-out prompts, e.g. the validation split); the highest target if none does."""
-    largest = outcome(fixed(quality.shape[1] - 1, len(quality)), quality, cost).quality
+    """The target with the lowest cost whose pass rate keeps `goal` of the best single model's pass
+    rate (computed on held-out prompts, e.g. the validation split); the highest target if none does."""
+    reference = float(quality.mean(axis=0).max())
     best: tuple[float, float] | None = None
     for target, point in sweep(level_probs, quality, cost, targets):
-        if point.quality >= goal * largest - 1e-12 and (best is None or point.cost < best[1] - 1e-12):
+        if point.quality >= goal * reference - 1e-12 and (best is None or point.cost < best[1] - 1e-12):
             best = (target, point.cost)
     return best[0] if best else float(targets.max())
 
 
 def pgr(q: float, q_weak: float, q_strong: float) -> float:
-    """Performance gap recovered: 0 at always-cheapest, 1 at always-largest (the oracle can exceed 1)."""
+    """Performance gap recovered: 0 at always-cheapest, 1 at the strong reference (the ladder's best
+    single model; the oracle can exceed 1)."""
     gap = q_strong - q_weak
     return float("nan") if abs(gap) < 1e-12 else (q - q_weak) / gap
 
@@ -117,7 +118,7 @@ def aiq(points: list[Point], c_lo: float, c_hi: float, grid: int = 2001) -> floa
 
 
 def pgr_curve(points: list[Point], weak: Point, strong: Point) -> tuple[np.ndarray, np.ndarray]:
-    """(normalised cost, PGR) of the hull of `points`: cost 0 = always-cheapest, 1 = always-largest."""
+    """(normalised cost, PGR) of the hull of `points`: cost 0 = always-cheapest, 1 = always-`strong`."""
     xs = _normalised(points, weak.cost, strong.cost)
     ys = np.array([pgr(p.quality, weak.quality, strong.quality) for p in points])
     return xs, ys

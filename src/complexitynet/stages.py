@@ -362,13 +362,24 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
 
         val = test_set(problems, labels, samples, models, params.train.input, split="validation")
         target = calibrate_target(clf.predict_proba(val.texts), val.quality, val.cost, targets, cfg.quality_goal)
-        log.info("evaluate: target %.2f calibrated on %d validation prompts (keep %.0f%% of the largest's pass rate)",
+        log.info("evaluate: target %.2f calibrated on %d validation prompts (keep %.0f%% of the best model's pass rate)",
                  target, len(val.task_ids), 100 * cfg.quality_goal)
-    result = evaluate_policies(ts, probs, target, targets, cfg.router_cost_usd, cfg.bootstrap, params.base.seed, flags)
+    from complexitynet.evaluate import reference_info
+    from complexitynet.routers import targets_of
+
+    by_id = {lab.task_id: lab for lab in labels}
+    fit_ids = [lab.task_id for lab in labels if lab.split in ("train", "validation")]
+    reference = reference_info(targets_of(fit_ids, by_id, models), models)
+    if not reference["monotone"]:
+        log.warning("evaluate: the ladder is not monotone on train + validation (%s); pass-rate goals and PGR are "
+                    "relative to its best single model, %s", "; ".join(f"{a} passes more than {b}" for a, b in
+                                                                     reference["inversions"]), reference["model"])
+    result = evaluate_policies(ts, probs, target, targets, cfg.router_cost_usd, cfg.bootstrap, params.base.seed,
+                               reference, flags)
     result["truth"] = params.label.truth
     verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
     result["suites"] = suites(problems, verdicts, "test", cfg.bootstrap, params.base.seed)
-    result["paying"] = _paying(params, paths, problems, labels, samples, verdicts, ts.task_ids)
+    result["paying"] = _paying(params, paths, problems, labels, samples, verdicts, ts.task_ids, reference["index"])
     if cfg.cv_folds:
         from complexitynet.train import cross_validate
 
@@ -389,7 +400,7 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def _paying(params: Params, paths: Paths, problems: list, labels: list, samples: dict, verdicts: dict,
-            task_ids: list[str]) -> dict[str, Any]:
+            task_ids: list[str], reference: int) -> dict[str, Any]:
     """The router that pays (models/router/) on the test prompts: evaluate.paying's numbers."""
     from complexitynet.evaluate import paying
     from complexitynet.routers import load_router, recorded
@@ -404,7 +415,7 @@ def _paying(params: Params, paths: Paths, problems: list, labels: list, samples:
     success = {name: load_router(paths.router, name)[1].predict(texts) for name in spec.candidates}
     by_id, k = {lab.task_id: lab for lab in labels}, params.label.k[params.base.dataset]
     rec = recorded(task_ids, by_id, samples, verdicts, models, k, params.label.truth)
-    out = paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed)
+    out = paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed, reference)
     if k > 1:  # the paper's "several trials" question, measured
         from complexitynet.evaluate import trials_study
         from complexitynet.train import training_data

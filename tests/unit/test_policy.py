@@ -109,6 +109,16 @@ def test_best_lambda_meets_each_objective():
     assert P.best_lambda(run, [0.0, 1.0, 9.0], P.Objective("budget", 0.7), quality, cost) == 1.0
 
 
+def test_goals_are_relative_to_the_best_single_model_not_the_last():
+    quality = np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 0.0]])  # middle 100%, last 33%
+    cost = np.tile([1.0, 2.0, 10.0], (3, 1))
+    assert P.reference_rung(quality) == 1 and P.reference_rung(np.ones((2, 3))) == 0  # the cheaper on a tie
+    outcomes = {0.0: (np.array([1.0, 1.0, 1.0]), np.array([2.0, 2.0, 2.0])),  # always middle
+                9.0: (np.array([1.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0]))}  # always cheap
+    floor = P.best_lambda(outcomes.__getitem__, [0.0, 9.0], P.Objective("quality_floor", 0.9), quality, cost)
+    assert floor == 0.0  # 90% of the middle model's 100%, not of the last rung's 33%
+
+
 def test_judge_gives_paired_intervals():
     rng = np.random.default_rng(0)
     quality = (rng.random((200, 3)) < [0.3, 0.5, 0.6]).astype(float)
