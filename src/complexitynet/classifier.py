@@ -8,6 +8,7 @@ data stages stay fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -132,14 +133,20 @@ def load_classifier(path: Path, on: str | None = None) -> Classifier:
     return Classifier(model, AutoTokenizer.from_pretrained(str(path)), classes, meta["max_length"], meta)
 
 
-def embed(texts: list[str], base_model: str, max_length: int, batch_size: int = 32):
-    """Frozen encoder embeddings (mean pooling, L2-normalised), for the kNN baseline."""
-    import numpy as np
-    import torch
+@functools.lru_cache(maxsize=4)
+def _encoder(path: str):
+    """A frozen encoder and its tokenizer, loaded once per process (not once per call to `embed`)."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = resolve_base_model(base_model)
-    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+
+def embed(texts: list[str], base_model: str, max_length: int, batch_size: int = 32):
+    """Frozen encoder embeddings (mean pooling, L2-normalised), for the kNN baseline and success models."""
+    import numpy as np
+    import torch
+
+    tokenizer, model = _encoder(str(resolve_base_model(base_model)))
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):

@@ -190,12 +190,24 @@ class Train(Section):
     registered_model: str = "complexitynet-classifier"  # MLflow registry name ("champion" alias = best)
 
 
+ROUTER_CPU_FILE = "benchmarks/router_cpu.json"  # measured CPU seconds per prompt (benchmarks/router_cpu.py)
+
+
+class RouterCost(Section):
+    """What routing one prompt costs: its classifier's CPU seconds x the price of a CPU hour."""
+
+    usd_per_cpu_hour: float = Field(0.05, ge=0)  # one core-hour where the router runs
+    # CPU seconds per prompt: None = the measurement in ROUTER_CPU_FILE; a number for every classifier;
+    # or {classifier: seconds} (tfidf, minilm, knn, ensemble, lora, classifier = the LoRA level classifier)
+    cpu_s: float | dict[str, float] | None = None
+
+
 class Evaluate(Section):
     target: float | None = Field(None, ge=0, le=1)  # router operating point; None = calibrated on validation
-    quality_goal: float = Field(0.95, gt=0, le=1)  # calibration: keep this share of always-largest's pass rate
+    quality_goal: float = Field(0.95, gt=0, le=1)  # calibration: keep this share of the best model's pass rate
     sweep_step: float = Field(0.02, gt=0, le=0.5)  # target grid for the cost-quality curve
     bootstrap: int = Field(1000, ge=100)  # resamples for the 95% intervals
-    router_cost_usd: float = Field(1e-6, ge=0)  # per prompt: the classifier's own inference cost
+    router_cost: RouterCost = RouterCost()
     cv_folds: int = Field(0, ge=0)  # >= 2: also k-fold cross-validate the classifier over non-test prompts
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ decision rule and the metric definitions.
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from complexitynet import policy as P
 from complexitynet import routing as R
+from complexitynet.config import RouterCost
 from complexitynet.errors import DataError
 from complexitynet.routers import RouterSpec
 from complexitynet.schemas import Label, Problem, Sample, Verdict
@@ -153,6 +155,33 @@ def trials_question(ts: TestSet, probs: np.ndarray) -> dict[str, Any]:
             "route_by_label": {k: {"pass_rate": v.quality, "cost_usd": v.cost} for k, v in follow.items()}}
 
 
+def router_costs(cfg: RouterCost, table: Path, names: list[str]) -> dict[str, Any]:
+    """What routing one prompt costs with each classifier in `names` (success-model candidates, and
+    `classifier` for the LoRA level classifier): CPU seconds per prompt x `cfg.usd_per_cpu_hour`.
+    The seconds come from `cfg.cpu_s` (one number, or per classifier) or, when it is None, from the
+    pinned measurement `table` (benchmarks/router_cpu.py); `lora` success heads share the level
+    classifier's encoder and adapter, so they take its measurement when they have none of their own."""
+    if cfg.cpu_s is None:
+        try:
+            raw = json.loads(table.read_text())
+            cpu, source = {k: float(v) for k, v in raw["cpu_s"].items()}, f"{table} ({raw['machine']}, {raw['measured']})"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{table}: not a router CPU measurement ({exc!r}); restore it from git, re-measure it "
+                            "with `make router-cpu`, or set evaluate.router_cost.cpu_s") from None
+    elif isinstance(cfg.cpu_s, dict):
+        cpu, source = dict(cfg.cpu_s), "params (evaluate.router_cost.cpu_s)"
+    else:
+        cpu, source = {n: cfg.cpu_s for n in names}, "params (evaluate.router_cost.cpu_s)"
+    if "lora" not in cpu and "classifier" in cpu:
+        cpu["lora"] = cpu["classifier"]
+    missing = [n for n in names if n not in cpu]
+    if missing:
+        raise DataError(f"{source}: no CPU seconds per prompt for {missing}; re-measure with `make router-cpu` "
+                        "(after `make run`) or give them in evaluate.router_cost.cpu_s")
+    return {"source": source, "usd_per_cpu_hour": cfg.usd_per_cpu_hour, "cpu_s": {n: cpu[n] for n in names},
+            "usd_per_prompt": {n: cpu[n] * cfg.usd_per_cpu_hour / 3600 for n in names}}
+
+
 def reference_info(fit_quality: np.ndarray, models: list[str]) -> dict[str, Any]:
     """The ladder's best single model on train + validation (`policy.reference_rung`), each rung's pass
     rate there, and whether the ladder is monotone (no rung passes less than a cheaper one)."""
@@ -201,12 +230,13 @@ def evaluate(ts: TestSet, probs: dict[str, np.ndarray], target: float, targets: 
 
 
 def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, rounds: int, seed: int,
-           reference: int) -> dict[str, Any]:
+           reference: int, router_usd: dict[str, float]) -> dict[str, Any]:
     """The router that pays, on the test split: every success-model candidate at its cross-validated
     lambda (prompt-only routing), the verified cascade (the chosen candidate, its lambda and gate)
     and the plain cascade (cheapest first, escalate on every visible failure), each with 95% paired
     bootstrap intervals of its margin over the ladder's hull and over random routing with its mix;
-    and each one's curve as lambda sweeps (descriptive: nothing is chosen on it)."""
+    and each one's curve as lambda sweeps (descriptive: nothing is chosen on it). Every policy that
+    runs a success model pays `router_usd[candidate]` per prompt (`router_costs`)."""
     quality, cost = rec.quality, rec.cost
     largest = cost[:, -1].sum()
     models = quality.shape[1]
@@ -221,22 +251,24 @@ def paying(spec: RouterSpec, success: dict[str, np.ndarray], rec: P.Recorded, ro
         q_pp, c_pp = P.per_prompt(choices, quality, cost)
         out["policies"][f"router:{name}"] = {"kind": "prompt-only", "lam": lam, "mix": shares.tolist(),
                                              "refused": int((choices < 0).sum()),
-                                             **P.judge(q_pp, c_pp, shares, quality, cost, rounds, seed)}
-        out["curves"][f"router:{name}"] = [_point(*P.per_prompt(routed(x), quality, cost), largest)
-                                           for x in P.lambda_grid()]
+                                             **P.judge(q_pp, c_pp + router_usd[name], shares, quality, cost, rounds,
+                                                       seed)}
+        out["curves"][f"router:{name}"] = [_point(q, c + router_usd[name], largest)
+                                           for q, c in (P.per_prompt(routed(x), quality, cost) for x in P.lambda_grid())]
     chosen = success[spec.candidate]
-    cascades = {"cascade": (chosen, replace(spec.rule, lam=spec.cascade_lam), spec.gate),
-                "cascade:every_rung": (np.ones_like(chosen), P.Rule(0.0), P.Gate())}
-    for name, (probs, rule, gate) in cascades.items():
+    overhead = router_usd[spec.candidate]
+    cascades = {"cascade": (chosen, replace(spec.rule, lam=spec.cascade_lam), spec.gate, overhead),
+                "cascade:every_rung": (np.ones_like(chosen), P.Rule(0.0), P.Gate(), 0.0)}  # no classifier
+    for name, (probs, rule, gate, usd) in cascades.items():
         run = P.cascade(probs, rec, rule, gate, spec.unit_cost)
         shares = run.answered_by.mean(axis=0)
         out["policies"][name] = {"kind": "verified cascade", "lam": rule.lam, "mix": shares.tolist(),
                                  "calls_per_prompt": float(run.calls.mean()),
                                  "sandbox_seconds": float(run.seconds.sum()),
-                                 **P.judge(run.quality, run.cost, shares, quality, cost, rounds, seed)}
+                                 **P.judge(run.quality, run.cost + usd, shares, quality, cost, rounds, seed)}
     out["curves"]["cascade"] = [
-        _point((r := P.cascade(chosen, rec, replace(spec.rule, lam=x), spec.gate, spec.unit_cost)).quality, r.cost,
-               largest) for x in P.lambda_grid()]
+        _point((r := P.cascade(chosen, rec, replace(spec.rule, lam=x), spec.gate, spec.unit_cost)).quality,
+               r.cost + overhead, largest) for x in P.lambda_grid()]
     out["curve_scores"] = {name: _curve_scores(curve, quality, cost, reference) for name, curve in out["curves"].items()}
     out["curve_scores"]["ladder"] = _curve_scores([_point(quality[:, j], cost[:, j], largest) for j in range(models)],
                                                   quality, cost, reference)

@@ -37,6 +37,11 @@ class Embedder:
     def __init__(self, base_model: str, max_length: int):
         self.base_model, self.max_length = base_model, max_length
 
+    @classmethod
+    def forget(cls) -> None:
+        """Drop every memoised embedding (to measure what a prompt never seen before costs)."""
+        cls._shared.clear()
+
     @property
     def _memo(self) -> dict[str, np.ndarray]:
         return self._shared.setdefault((self.base_model, self.max_length), {})

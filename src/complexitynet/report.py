@@ -76,7 +76,16 @@ def _paying(r: dict[str, Any]) -> list[str]:
              f"{_pct(cascade['cost_vs_largest']['value'])} {_ci(cascade['cost_vs_largest']['ci95'])} of always-largest's "
              f"cost, {cascade['calls_per_prompt']:.2f} calls per prompt, {cascade['sandbox_seconds']:.0f} sandbox seconds "
              f"in all (target: >= always-`{best}`'s pass rate at <= 20% of its cost, {'met' if cascade_ok else 'missed'}).",
-             "", "| policy | kind | lambda | pass rate | cost vs largest | margin over hull | margin over random mix |",
+             ""]
+    cost = r.get("router_cost")
+    if cost:
+        cheapest = r["policies"][f"always:{r['models'][0]}"]["cost_usd"] / r["n_test"]
+        usd = cost["usd_per_prompt"][pay["chosen"]]
+        lines += [f"Every router and the cascade pay for their own classifier: `{pay['chosen']}` takes "
+                  f"{1000 * cost['cpu_s'][pay['chosen']]:.2f} ms of CPU per prompt, ${usd:.2g} at "
+                  f"${cost['usd_per_cpu_hour']:g} per CPU hour ({_pct(usd / cheapest) if cheapest else 'n/a'} of a "
+                  f"call to `{r['models'][0]}`); seconds from {cost['source']}.", ""]
+    lines += ["| policy | kind | lambda | pass rate | cost vs largest | margin over hull | margin over random mix |",
              "|---|---|---|---|---|---|---|"]
     chosen_name = f"router:{pay['chosen']}"
     for name, p in pol.items():

@@ -342,8 +342,14 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
     from complexitynet.report import render
     from complexitynet.schemas import Label, Problem, Verdict
 
+    from complexitynet.config import ROUTER_CPU_FILE
+    from complexitynet.evaluate import router_costs
+    from complexitynet.routers import load_router
+
     cfg = params.evaluate
     models = [m.name for m in params.ladder]
+    spec, _ = load_router(paths.router)
+    router_cost = router_costs(cfg.router_cost, Path(ROUTER_CPU_FILE), [*spec.candidates, "classifier"])
     samples = load_samples(params, paths)
     problems, labels = read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label)
     ts = test_set(problems, labels, samples, models, params.train.input)
@@ -374,12 +380,14 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
         log.warning("evaluate: the ladder is not monotone on train + validation (%s); pass-rate goals and PGR are "
                     "relative to its best single model, %s", "; ".join(f"{a} passes more than {b}" for a, b in
                                                                      reference["inversions"]), reference["model"])
-    result = evaluate_policies(ts, probs, target, targets, cfg.router_cost_usd, cfg.bootstrap, params.base.seed,
-                               reference, flags)
+    result = evaluate_policies(ts, probs, target, targets, router_cost["usd_per_prompt"]["classifier"], cfg.bootstrap,
+                               params.base.seed, reference, flags)
+    result["router_cost"] = router_cost
     result["truth"] = params.label.truth
     verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
     result["suites"] = suites(problems, verdicts, "test", cfg.bootstrap, params.base.seed)
-    result["paying"] = _paying(params, paths, problems, labels, samples, verdicts, ts.task_ids, reference["index"])
+    result["paying"] = _paying(params, paths, problems, labels, samples, verdicts, ts.task_ids, reference["index"],
+                               router_cost["usd_per_prompt"])
     if cfg.cv_folds:
         from complexitynet.train import cross_validate
 
@@ -400,7 +408,7 @@ def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def _paying(params: Params, paths: Paths, problems: list, labels: list, samples: dict, verdicts: dict,
-            task_ids: list[str], reference: int) -> dict[str, Any]:
+            task_ids: list[str], reference: int, router_usd: dict[str, float]) -> dict[str, Any]:
     """The router that pays (models/router/) on the test prompts: evaluate.paying's numbers."""
     from complexitynet.evaluate import paying
     from complexitynet.routers import load_router, recorded
@@ -415,7 +423,7 @@ def _paying(params: Params, paths: Paths, problems: list, labels: list, samples:
     success = {name: load_router(paths.router, name)[1].predict(texts) for name in spec.candidates}
     by_id, k = {lab.task_id: lab for lab in labels}, params.label.k[params.base.dataset]
     rec = recorded(task_ids, by_id, samples, verdicts, models, k, params.label.truth)
-    out = paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed, reference)
+    out = paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed, reference, router_usd)
     if k > 1:  # the paper's "several trials" question, measured
         from complexitynet.evaluate import trials_study
         from complexitynet.train import training_data
