@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from typing import Any, Literal
 
 from complexitynet.errors import DataError
-from complexitynet.schemas import Label, Problem, Truth, Verdict
+from complexitynet.schemas import Label, Problem, Sample, Truth, Verdict, task_key
 
 Rule = Literal["threshold", "first_pass"]
 
@@ -96,6 +96,22 @@ def distribution(labels: list[Label], ladder: list[str]) -> dict[str, Any]:
             "flagged": sum(lab.flagged for lab in rows),
         }
     return out
+
+
+def check_outputs(samples: dict[str, list[Sample]], problems: dict[str, Problem], max_missing: int) -> None:
+    """Stop at `sample`, before the sandbox runs, when a rung has no output for more than
+    `max_missing` prompts of the train or validation split: `label` would flag them all and
+    `check_trainable` would stop only after every sample had been executed."""
+    for split in ("train", "validation"):
+        ids = {t for t, p in problems.items() if p.split == split}
+        for model, rows in samples.items():
+            missing = sorted(ids - {s.task_id for s in rows}, key=task_key)
+            if len(missing) > max_missing:
+                raise DataError(
+                    f"sample: '{model}' has no output for {len(missing)} of {len(ids)} {split} prompts (e.g. "
+                    f"{', '.join(missing[:3])}); label.max_missing allows {max_missing} (with label.allow_missing). "
+                    "Import or sample outputs for them, or train on the prompts that have outputs: "
+                    "prepare.split.method: outputs")
 
 
 def check_trainable(labels: list[Label], ladder: list[str], max_missing: int, folds: int = 5) -> None:

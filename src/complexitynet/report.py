@@ -83,7 +83,7 @@ def _paying(r: dict[str, Any]) -> list[str]:
         usd = cost["usd_per_prompt"][pay["chosen"]]
         lines += [f"Every router and the cascade pay for their own classifier: `{pay['chosen']}` takes "
                   f"{1000 * cost['cpu_s'][pay['chosen']]:.2f} ms of CPU per prompt, ${usd:.2g} at "
-                  f"${cost['usd_per_cpu_hour']:g} per CPU hour ({_pct(usd / cheapest) if cheapest else 'n/a'} of a "
+                  f"${cost['usd_per_cpu_hour']:g} per CPU hour ({f'{100 * usd / cheapest:.2g}%' if cheapest else 'n/a'} of a "
                   f"call to `{r['models'][0]}`); seconds from {cost['source']}.", ""]
     lines += ["| policy | kind | lambda | pass rate | cost vs largest | margin over hull | margin over random mix |",
              "|---|---|---|---|---|---|---|"]

@@ -150,8 +150,11 @@ def write_sample_outputs(params: Params, paths: Paths, problems: dict, runs: lis
     from complexitynet.io import write_json
     from complexitynet.sample import summarize, write_samples
 
+    from complexitynet.label import check_outputs
+
     samples = {name: rows for run in runs for name, rows in run.samples.items()}
     samples = {m.name: samples[m.name] for m in params.ladder}  # ladder order, whoever sampled what
+    check_outputs(samples, problems, params.label.max_missing if params.label.allow_missing else 0)
     write_samples(paths.samples, samples)
     metrics = {name: summarize(rows, problems) for name, rows in samples.items()}
     for run in runs:

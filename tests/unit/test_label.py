@@ -112,3 +112,21 @@ def test_labels_that_can_train_a_router_pass_the_check():
 def test_labels_that_cannot_train_a_router_stop_with_the_split_counts_and_fix(labels, message):
     with pytest.raises(DataError, match=re.escape(message)):
         check_trainable(labels(), LADDER, max_missing=10)
+
+
+def test_a_rung_without_outputs_for_a_training_split_stops_sample_with_the_fix():
+    from complexitynet.label import check_outputs
+    from complexitynet.schemas import Sample
+
+    problems = {p.task_id: p for p in [problem("T/1"), problem("T/2"), problem("T/3", "validation"),
+                                       problem("T/4", "test"), problem("T/5", "unused")]}
+
+    def samples(task_ids):
+        return [Sample(task_id=t, trial=0, model="m", completion="", code="", prompt_tokens=1, completion_tokens=1,
+                       cost_usd=0.0, tokens_estimated=False, latency_s=None, source="recorded") for t in task_ids]
+
+    check_outputs({"m": samples(["T/1", "T/2", "T/3"])}, problems, 0)  # test and unused prompts may lack outputs
+    check_outputs({"m": samples(["T/1", "T/3"])}, problems, 1)
+    with pytest.raises(DataError, match=r"'m' has no output for 2 of 2 train prompts \(e.g. T/1, T/2\); "
+                                        r"label.max_missing allows 1 .*prepare.split.method: outputs"):
+        check_outputs({"m": samples(["T/3"])}, problems, 1)
