@@ -36,7 +36,7 @@ from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.backends import HASH_SEED
 from complexitynet.sandbox.pool import Job
 from complexitynet.schemas import Problem, Sample
-from complexitynet.stages import SandboxConfig
+from complexitynet.sandbox.pool import SandboxConfig
 
 MODELS = ["codellama-7b-python", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"]
 RATE_TARGET, TIME_TARGET = 0.5, 3.0

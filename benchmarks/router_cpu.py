@@ -63,9 +63,10 @@ def main() -> int:
     from complexitynet.classifier import load_classifier
     from complexitynet.config import ROUTER_CPU_FILE, load_params
     from complexitynet.io import read_jsonl, write_json
-    from complexitynet.routers import load_router
+    from complexitynet.paying import load_router
     from complexitynet.schemas import Label, Problem, Sample
-    from complexitynet.stages import Paths, quiet_libraries
+    from complexitynet.classifier import quiet_libraries
+    from complexitynet.paths import Paths
 
     quiet_libraries()
     torch.set_num_threads(1)

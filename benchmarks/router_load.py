@@ -150,7 +150,7 @@ def router_params(tmp: Path, upstream: str, classifier: str) -> Path:
                                 "openai": {"base_url": upstream, "model": f"m{i}", "api_key_env": None}}
                                for i in range(3)]
     raw["serve"].update(ladder="bench", classifier=classifier,
-                        eval_metrics=str(REPO / "metrics" / "eval.json"))
+                        evaluate_metrics=str(REPO / "metrics" / "evaluate.json"))
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

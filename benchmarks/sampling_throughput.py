@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.fake_openai, tests.live_helpers
 
 from complexitynet.config import ModelSpec  # noqa: E402
-from complexitynet.config import Sample as SampleParams  # noqa: E402
+from complexitynet.config import SampleParams  # noqa: E402
 from complexitynet.sample import sample_ladder  # noqa: E402
 from tests.live_helpers import make_problems  # noqa: E402
 

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,16 +30,17 @@ if str(REPO) not in sys.path:  # tasks/ sits beside flows/ and is not an install
     sys.path.insert(0, str(REPO))
 
 from prefect import flow, get_run_logger  # noqa: E402
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from complexitynet import execute as ex  # noqa: E402
-from complexitynet import stages  # noqa: E402
-from complexitynet.config import Orchestrate, Params, load_params  # noqa: E402
+from complexitynet import sample as sample_stage  # noqa: E402
+from complexitynet.config import OrchestrateParams, Params, load_params  # noqa: E402
 from complexitynet.errors import ComplexityNetError  # noqa: E402
 from complexitynet.sandbox.backends import SandboxError  # noqa: E402
-from complexitynet.stages import Paths, SandboxConfig  # noqa: E402
+from complexitynet.paths import Paths, load_problems, load_samples  # noqa: E402
+from complexitynet.sandbox.pool import SandboxConfig  # noqa: E402
+from flows.publish import publish, record_version  # noqa: E402
 from tasks import pipeline as t  # noqa: E402
 
 log = logging.getLogger("complexitynet")
@@ -49,7 +49,7 @@ log = logging.getLogger("complexitynet")
 # --- where fanned-out tasks run ---------------------------------------------------------------
 
 @contextlib.contextmanager
-def task_runners(cfg: Orchestrate) -> Iterator[Callable[[], Any]]:
+def task_runners(cfg: OrchestrateParams) -> Iterator[Callable[[], Any]]:
     """A factory of task runners for the fan-out subflows: threads here, or one Dask cluster for
     the whole run (a LocalCluster started and stopped here, or a running scheduler's address)."""
     if cfg.task_runner == "threads":
@@ -80,7 +80,7 @@ def ensure_limits(params: Params) -> None:
             client.upsert_global_concurrency_limit_by_name(name, limit)
 
 
-def retrying(unit, cfg: Orchestrate):
+def retrying(unit, cfg: OrchestrateParams):
     """A unit task with the retry policy of params `orchestrate` (exponential backoff, jittered)."""
     from prefect.tasks import exponential_backoff
 
@@ -102,8 +102,8 @@ def prepare_flow(params: Params, paths: Paths) -> None:
 @flow(name="sample")
 def sample_flow(params: Params, paths: Paths) -> list[str]:
     """One task per model. Live models share sample.budget_usd equally (each engine enforces its share)."""
-    stages.check_providers(params, paths)  # a missing API key stops the run before any request
-    problems = stages.load_problems(paths)
+    sample_stage.check_providers(params, paths)  # a missing API key stops the run before any request
+    problems = load_problems(paths)
     live = [m for m in params.ladder if m.live]
     share = None if params.sample.budget_usd is None else params.sample.budget_usd / max(len(live), 1)
     problems_digest = hashlib.sha256(paths.problems.read_bytes()).hexdigest()
@@ -121,8 +121,8 @@ def sample_flow(params: Params, paths: Paths) -> list[str]:
 def execute_flow(params: Params, paths: Paths, sandbox: SandboxConfig) -> list[str]:
     """Batches of the jobs the verdict cache cannot answer, one task each; every finished batch is
     appended to the cache as it arrives, so a failed batch fails the run but loses nothing else."""
-    samples, fingerprint = stages.load_samples(params, paths), sandbox.fingerprint()
-    work = ex.plan(samples, stages.load_problems(paths), fingerprint,
+    samples, fingerprint = load_samples(params, paths), sandbox.fingerprint()
+    work = ex.plan(samples, load_problems(paths), fingerprint,
                    paths.verdict_cache if params.execute.cache else None)
     names = {(m, key): f"{m} {task_id}#{trial}" for m, keyed in work.keyed.items()
              for (task_id, trial), keys in keyed.items() for key in keys if key is not None}
@@ -172,39 +172,7 @@ def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
     return result
 
 
-def publish(result: dict[str, Any], params: Params, paths: Paths) -> None:
-    """The evaluation summary table, the report and a link to the frontier plot, as Prefect artifacts."""
-    rows = [{"policy": name, "pass_rate": p["pass_rate"], "cost_vs_largest": p["cost_vs_largest"],
-             "pgr": p.get("pgr")} for name, p in result["policies"].items()]
-    what = f"{params.base.dataset}, ladder {params.ladder_name}, {result['n_test']} test prompts"
-    create_table_artifact(key="complexitynet-evaluation", table=rows, description=f"Routing policies ({what})")
-    create_markdown_artifact(key="complexitynet-report", markdown=paths.report.read_text(encoding="utf-8"),
-                             description=f"reports/report.md ({what})")
-    create_link_artifact(key="complexitynet-frontier", link=(paths.plots / "frontier.png").resolve().as_uri(),
-                         link_text="cost-quality frontier (plots/frontier.png)")
-
-
 # --- the whole DAG ----------------------------------------------------------------------------
-
-def record_version(root: Path, params: Params, params_file: Path) -> str:
-    """`dvc commit` the outputs (dvc.lock now names this data version) and `dvc push` when a remote is
-    set. Skipped when the run's params differ from the params file (dvc.lock would then lie)."""
-    if not (root / ".dvc").is_dir():
-        return "not a DVC repository: data version not recorded"
-    if params_file.resolve() != (root / "params.yaml").resolve() or load_params(params_file) != params:
-        return "params differ from params.yaml (flow parameters): data version not recorded"
-    dvc = [sys.executable, "-m", "dvc"]
-    for cmd in ([*dvc, "commit", "--force", "--quiet"], [*dvc, "remote", "list"]):
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise ComplexityNetError(f"`{' '.join(cmd[2:])}` failed in {root}: {proc.stderr.strip()}")
-    if not proc.stdout.strip():
-        return "dvc commit (no DVC remote configured: nothing pushed)"
-    push = subprocess.run([*dvc, "push", "--quiet"], cwd=root, capture_output=True, text=True, check=False)
-    if push.returncode != 0:
-        raise ComplexityNetError(f"`dvc push` failed in {root}: {push.stderr.strip()}")
-    return "dvc commit and dvc push"
-
 
 @flow(name="complexitynet")
 def complexitynet(dataset: str | None = None, ladder: str | None = None, k: int | None = None,

@@ -32,12 +32,18 @@ from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 import complexitynet
-from complexitynet import stages
+from complexitynet import evaluate as evaluate_stage
+from complexitynet import execute as execute_stage
+from complexitynet import fetch as fetch_stage
+from complexitynet import label as label_stage
+from complexitynet import prepare as prepare_stage
+from complexitynet import sample as sample_stage
+from complexitynet import train as train_stage
 from complexitynet.config import ModelSpec, Params
+from complexitynet.paths import Paths
 from complexitynet.sample import SamplingFailed
 from complexitynet.sandbox.backends import SandboxError
-from complexitynet.sandbox.pool import Job
-from complexitynet.stages import Paths, SandboxConfig
+from complexitynet.sandbox.pool import Job, SandboxConfig
 
 log = logging.getLogger("complexitynet")
 
@@ -45,8 +51,9 @@ GPU_LIMIT = "complexitynet-gpu"
 SANDBOX_LIMIT = "complexitynet-sandbox"
 
 # Worth another try: the infrastructure, not the input. (ComplexityNetError subclasses other than
-# these two mean bad params or data, or a spent budget: retrying cannot help.)
-TRANSIENT = (SandboxError, SamplingFailed, ConnectionError, TimeoutError, OSError)
+# these two mean bad params or data, or a spent budget: retrying cannot help; nor can another
+# OSError: a full disk or a permission error stays until someone fixes it.)
+TRANSIENT = (SandboxError, SamplingFailed, ConnectionError, TimeoutError)
 
 
 def model_limit(name: str) -> str:
@@ -100,7 +107,7 @@ def sample_model(params: Params, paths: Paths, model: ModelSpec, problems: dict,
     """One model's samples (a LadderRun) and the worker that made them."""
     limit = concurrency(model_limit(model.name), occupy=1) if model.live else contextlib.nullcontext()
     with limit:
-        return stages.sample_models(params, paths, [model], problems, budget_usd), where()
+        return sample_stage.sample_models(params, paths, [model], problems, budget_usd), where()
 
 
 @task(name="execute-batch", tags=["sandbox"], cache_key_fn=content_key, persist_result=True, **UNIT)
@@ -125,36 +132,36 @@ def execute_batch(jobs: list[Job], sandbox: SandboxConfig, sessions: int, label:
 @task(name="fetch", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
       retry_condition_fn=is_transient)
 def fetch(params: Params, paths: Paths) -> None:
-    stages.fetch(params, paths)
+    fetch_stage.run(params, paths)
 
 
 @task(name="prepare")
 def prepare(params: Params, paths: Paths) -> None:
-    stages.prepare(params, paths)
+    prepare_stage.run(params, paths)
 
 
 @task(name="write-samples")
 def write_samples(params: Params, paths: Paths, problems: dict, runs: list) -> None:
-    stages.write_sample_outputs(params, paths, problems, runs)
+    sample_stage.write_outputs(params, paths, problems, runs)
 
 
 @task(name="write-verdicts")
 def write_verdicts(params: Params, paths: Paths, samples: dict, verdicts: dict, backend: str) -> None:
-    stages.write_execute_outputs(params, paths, samples, verdicts, backend)
+    execute_stage.write_outputs(params, paths, samples, verdicts, backend)
 
 
 @task(name="label")
 def label(params: Params, paths: Paths) -> None:
-    stages.label(params, paths)
+    label_stage.run(params, paths)
 
 
 @task(name="train", tags=["gpu"])
 def train(params: Params, paths: Paths) -> dict[str, Any]:
     """Training holds the single GPU slot (on a CPU-only machine it is simply uncontended)."""
     with concurrency(GPU_LIMIT, occupy=1):
-        return stages.train(params, paths)
+        return train_stage.run(params, paths)
 
 
 @task(name="evaluate")
 def evaluate(params: Params, paths: Paths) -> dict[str, Any]:
-    return stages.evaluate(params, paths)
+    return evaluate_stage.run(params, paths)

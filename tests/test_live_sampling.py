@@ -18,7 +18,7 @@ import yaml
 from complexitynet.cli import main
 from complexitynet.config import load_params
 from complexitynet.providers import make_provider
-from complexitynet.sampling import request_key, worst_case_usd
+from complexitynet.live import request_key, worst_case_usd
 from tests.fake_openai import FakeOpenAI, fraction
 from tests.live_helpers import make_problems, metrics, rows, setup_workdir
 

@@ -176,3 +176,13 @@ def pyfunc_model():
             return pd.DataFrame(self.clf.predict_proba(texts), columns=self.clf.classes)
 
     return ComplexityClassifier()
+
+
+def quiet_libraries() -> None:
+    """No download/progress bars from transformers and MLflow in logs."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -1,27 +1,26 @@
 """`complexitynet <stage>`: the command dvc.yaml and people call.
 
-Each subcommand reads params.yaml, resolves paths, and calls the stage's plain function in
-stages.py (which the Prefect flow calls too); no logic lives here.
+Each stage subcommand reads params.yaml, resolves paths, and calls `run(params, paths)` of the
+stage's module (complexitynet/<stage>.py, which the Prefect flow calls too); no logic lives here.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import sys
 from pathlib import Path
 
 from complexitynet.config import Params, load_params
 from complexitynet.errors import ComplexityNetError
-from complexitynet.stages import Paths
+from complexitynet.paths import Paths
 
 log = logging.getLogger("complexitynet")
 
 
-# Each subcommand: its stage function, help, and the paths it reads or writes (options named after
-# the `Paths` fields, defaulting to the DVC layout).
+# Each stage subcommand: help, and the paths it reads or writes (options named after the `Paths`
+# fields, defaulting to the DVC layout); it runs complexitynet.<stage>.run.
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "fetch": ("fetch and verify every public source", ("sources",)),
     "prepare": ("write data/problems.jsonl", ("sources", "problems")),
@@ -33,66 +32,35 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "train": ("train the LoRA classifier and baselines (tracked in MLflow)",
               ("problems", "labels", "classifier", "baselines", "train_metrics")),
     "evaluate": ("routing quality vs cost on the test split; report and plots",
-                 ("problems", "labels", "samples", "classifier", "baselines", "execute_metrics", "eval_metrics",
+                 ("problems", "labels", "samples", "classifier", "baselines", "execute_metrics", "evaluate_metrics",
                   "plots", "report")),
-    "sandbox-image": ("build the Docker sandbox image if the engine lacks it", ()),
 }
 
 
 def run_stage(params: Params, args: argparse.Namespace) -> None:
-    from complexitynet import stages
+    import importlib
 
     paths = Paths(**{name: getattr(args, name) for name in STAGES[args.stage][1]})
-    func = getattr(stages, args.stage.replace("-", "_"))
+    stage = importlib.import_module(f"complexitynet.{args.stage}")
     if args.stage == "execute":
-        func(params, paths, backend=args.backend)
+        stage.run(params, paths, backend=args.backend)
     else:
-        func(params, paths)
+        stage.run(params, paths)
 
 
-def cmd_route(params: Params, args: argparse.Namespace) -> None:
-    from complexitynet.route import (
-        check_levels,
-        decide,
-        default_target,
-        load_router_classifier,
-        serving_ladder,
-    )
+def cmd_sandbox_image(params: Params, args: argparse.Namespace) -> None:
+    from complexitynet.sandbox.image import build_for
 
-    cfg = params.serve
-    name, ladder = serving_ladder(params, args.ladder, live=False)
-    if cfg.router is not None and args.classifier is None and args.target is None:  # the router that pays
-        from complexitynet.route import load_paying
-
-        paying = load_paying(cfg.router, name, ladder, cfg.torch_threads)
-        decision = paying.decide(paying.predict_proba([args.prompt])[0], ladder, verified=args.verified)
-        if args.json:
-            print(json.dumps({**decision.as_dict(), "router": cfg.router, "ladder": name}, indent=2))
-            return
-        print("P(success):      " + ", ".join(f"{m} {p:.3f}" for m, p in decision.success.items()))
-        print(f"lambda:          {decision.lam:g} ({'verified cascade' if args.verified else 'prompt only'}, "
-              f"{cfg.router})")
-        print(f"chosen model:    {decision.model} (ladder {name})")
-        print(f"why:             {decision.explain(ladder)}")
-        return
-    clf = load_router_classifier(args.classifier or cfg.classifier, params.classes, cfg.torch_threads)
-    check_levels(clf.classes, name, ladder, args.classifier or cfg.classifier)
-    target, origin = (args.target, "--target") if args.target is not None else \
-        default_target(cfg.target, Path(cfg.eval_metrics), cfg.fallback_target)
-    decision = decide(clf.predict_proba([args.prompt])[0], ladder, clf.classes, target)
-    if args.json:
-        print(json.dumps({**decision.as_dict(), "target_source": origin, "ladder": name}, indent=2))
-        return
-    print(f"predicted level: {decision.level}")
-    print("probabilities:   " + ", ".join(f"{c} {p:.3f}" for c, p in decision.probs.items()))
-    print("P(success):      " + ", ".join(f"{m} {p:.3f}" for m, p in decision.success.items()))
-    print(f"target:          {target:g} ({origin})")
-    print(f"chosen model:    {decision.model} (ladder {name})")
-    print(f"why:             {decision.explain(ladder)}")
+    build_for(params.execute.image_build)
 
 
 def cmd_serve(params: Params, args: argparse.Namespace) -> None:
-    from complexitynet.serve import serve
+    if args.explain is not None:
+        from complexitynet.serve.router import explain
+
+        print(explain(params, args.explain, args.classifier, args.ladder, args.target, args.verified, args.json))
+        return
+    from complexitynet.serve.workers import serve
 
     serve(params, args.classifier, args.ladder, args.host, args.port, args.workers)
 
@@ -110,22 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=run_stage)
     sub.choices["execute"].add_argument("--backend", choices=["auto", "docker", "bwrap"],
                                         help="override params execute.backend")
-    p = sub.add_parser("route", help="print the routing decision for one prompt, and why")
-    p.add_argument("prompt", help="the prompt (what the classifier reads: the task statement)")
-    p.add_argument("--target", type=float, help="quality target (default: serve.target, else metrics/eval.json)")
-    p.add_argument("--json", action="store_true", help="print the decision as JSON")
-    p.add_argument("--verified", action="store_true",
-                   help="the prompt comes with tests: the router that pays starts its verified cascade")
-    p.set_defaults(func=cmd_route)
-    q = sub.add_parser("serve", help="serve the OpenAI-compatible router (see README, Router service)")
+    sub.add_parser("sandbox-image", help="build the Docker sandbox image if the engine lacks it").set_defaults(
+        func=cmd_sandbox_image)
+    q = sub.add_parser("serve", help="serve the OpenAI-compatible router, or --explain one prompt's routing "
+                       "(see README, Router service)")
     q.add_argument("--host", help="override serve.host")
     q.add_argument("--port", type=int, help="override serve.port")
     q.add_argument("--workers", type=int, help="override serve.workers (router processes sharing the port)")
+    q.add_argument("--classifier", help="classifier directory, baseline .joblib file or MLflow model URI "
+                   "(default: serve.router, else serve.classifier; given, it replaces serve.router)")
+    q.add_argument("--ladder", help="ladder to route over (default: serve.ladder)")
+    q.add_argument("--explain", metavar="PROMPT", help="print the routing decision for one prompt, and why, "
+                   "instead of serving (the prompt: what the classifier reads, the task statement)")
+    q.add_argument("--target", type=float, help="with --explain: quality target (default: serve.target, else "
+                   "metrics/evaluate.json)")
+    q.add_argument("--json", action="store_true", help="with --explain: print the decision as JSON")
+    q.add_argument("--verified", action="store_true",
+                   help="with --explain: the prompt comes with tests (the router that pays starts its cascade)")
     q.set_defaults(func=cmd_serve)
-    for cmd in p, q:
-        cmd.add_argument("--classifier", help="classifier directory, baseline .joblib file or MLflow model URI "
-                         "(default: serve.router, else serve.classifier; given, it replaces serve.router)")
-        cmd.add_argument("--ladder", help="ladder to route over (default: serve.ladder)")
     return parser
 
 

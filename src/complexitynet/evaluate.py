@@ -1,26 +1,35 @@
 """evaluate: routing quality against cost on the test split, with our sandbox verdicts as truth.
 
-Produces metrics/eval.json, plots/frontier.png, plots/confusion.png and reports/report.md, and logs
-the same numbers to MLflow. Everything is computed on the test split only; see routing.py for the
+Produces metrics/evaluate.json, plots/frontier.png, plots/confusion.png and reports/report.md, and logs
+the same numbers to MLflow. Everything is computed on the test split only; see scores.py for the
 decision rule and the metric definitions.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from complexitynet import policy as P
-from complexitynet import routing as R
-from complexitynet.config import RouterCost
+from complexitynet import scores as R
+from complexitynet.classifier import quiet_libraries
+from complexitynet.config import RouterCostParams
 from complexitynet.errors import DataError
-from complexitynet.routers import RouterSpec
+from complexitynet.paths import load_samples
+from complexitynet.paying import RouterSpec
 from complexitynet.schemas import Label, Problem, Sample, Verdict
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
+    from complexitynet.paths import Paths
+
+log = logging.getLogger("complexitynet")
 
 PAPER = {"label_accuracy_3class": 0.79, "compute_saving": 0.90, "code_accuracy": 0.867}
 
@@ -155,7 +164,7 @@ def trials_question(ts: TestSet, probs: np.ndarray) -> dict[str, Any]:
             "route_by_label": {k: {"pass_rate": v.quality, "cost_usd": v.cost} for k, v in follow.items()}}
 
 
-def router_costs(cfg: RouterCost, table: Path, names: list[str]) -> dict[str, Any]:
+def router_costs(cfg: RouterCostParams, table: Path, names: list[str]) -> dict[str, Any]:
     """What routing one prompt costs with each classifier in `names` (success-model candidates, and
     `classifier` for the LoRA level classifier): CPU seconds per prompt x `cfg.usd_per_cpu_hour`.
     The seconds come from `cfg.cpu_s` (one number, or per classifier) or, when it is None, from the
@@ -295,7 +304,7 @@ def trials_study(spec: RouterSpec, tv_texts: list[str], rec_tv: P.Recorded, te_t
     trials, k = 1..K. Per k: how often the k-trial label equals the K-trial label (all prompts), and
     the chosen candidate refitted on k-trial pass rates (k-fold CV on train + validation, lambda
     chosen out of fold), routing the test prompts judged against all K trials."""
-    from complexitynet.routers import select_router
+    from complexitynet.paying import select_router
 
     trials = rec_tv.truth.shape[2]
     cfg = router_cfg.model_copy(update={"candidates": [spec.candidate]})
@@ -393,3 +402,137 @@ def write_plots(result: dict[str, Any], ts: TestSet, router_probs: np.ndarray, c
     frontier_png(curves_xy, points, plots_dir / "frontier.png", title, hull)
     confusion_png(confusion(ts, router_probs), classes, plots_dir / "confusion.png",
                   f"{title}: router classifier on the test split (n={len(ts.task_ids)})")
+
+
+# --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    quiet_libraries()
+    import joblib
+    import numpy as np
+
+    from complexitynet.classifier import load_classifier
+    from complexitynet.config import ROUTER_CPU_FILE
+    from complexitynet.io import atomic_write, read_jsonl, write_json
+    from complexitynet.paying import load_router
+    from complexitynet.report import render
+    from complexitynet.schemas import Label, Problem, Verdict
+
+    cfg = params.evaluate
+    models = [m.name for m in params.ladder]
+    spec, _ = load_router(paths.router)
+    router_cost = router_costs(cfg.router_cost, Path(ROUTER_CPU_FILE), [*spec.candidates, "classifier"])
+    samples = load_samples(params, paths)
+    problems, labels = read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label)
+    ts = test_set(problems, labels, samples, models, params.train.input)
+    clf = load_classifier(paths.classifier)
+    probs = {"router": clf.predict_proba(ts.texts)}
+    for path in sorted(paths.baselines.glob("*.joblib")):
+        probs[path.stem] = joblib.load(path).predict_proba(ts.texts)
+    flags = {}
+    if paths.execute_metrics.exists():
+        flags = {m: {k: v for k, v in m_metrics["source_flags"].items() if k != "examples"}
+                 for m, m_metrics in json.loads(paths.execute_metrics.read_text())["models"].items()}
+    targets = np.round(np.arange(0.0, 1.0 + 1e-9, cfg.sweep_step), 6)
+    target = cfg.target
+    if target is None:  # choose the operating point on validation prompts, never on test
+        from complexitynet.scores import calibrate_target
+
+        val = test_set(problems, labels, samples, models, params.train.input, split="validation")
+        target = calibrate_target(clf.predict_proba(val.texts), val.quality, val.cost, targets, cfg.quality_goal)
+        log.info("evaluate: target %.2f calibrated on %d validation prompts (keep %.0f%% of the best model's pass rate)",
+                 target, len(val.task_ids), 100 * cfg.quality_goal)
+    from complexitynet.paying import targets_of
+
+    by_id = {lab.task_id: lab for lab in labels}
+    fit_ids = [lab.task_id for lab in labels if lab.split in ("train", "validation")]
+    reference = reference_info(targets_of(fit_ids, by_id, models), models)
+    if not reference["monotone"]:
+        log.warning("evaluate: the ladder is not monotone on train + validation (%s); pass-rate goals and PGR are "
+                    "relative to its best single model, %s", "; ".join(f"{a} passes more than {b}" for a, b in
+                                                                     reference["inversions"]), reference["model"])
+    result = evaluate(ts, probs, target, targets, router_cost["usd_per_prompt"]["classifier"], cfg.bootstrap,
+                               params.base.seed, reference, flags)
+    result["router_cost"] = router_cost
+    result["truth"] = params.label.truth
+    verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
+    result["suites"] = suites(problems, verdicts, "test", cfg.bootstrap, params.base.seed)
+    result["paying"] = _paying(params, paths, problems, labels, samples, verdicts, ts.task_ids, reference["index"],
+                               router_cost["usd_per_prompt"])
+    if cfg.cv_folds:
+        from complexitynet.train import cross_validate
+
+        result["cross_validation"] = cross_validate(problems, labels, len(models) + 1, params.train,
+                                                    params.base.seed, cfg.cv_folds)
+    write_json(paths.evaluate_metrics, result)
+    title = f"{params.base.dataset} / ladder {params.ladder_name}"
+    write_plots(result, ts, probs["router"], clf.classes, paths.plots, title)
+    rule = f"{params.label.rule}, k={params.label.k[params.base.dataset]}, threshold {params.label.threshold:g}"
+    with atomic_write(paths.report) as fh:
+        fh.write(render(result, params.base.dataset, params.ladder_name, rule))
+    _log_evaluation(params, result, paths)
+    router = result["policies"]["router"]
+    log.info("evaluate: router pass rate %.3f at %.1f%% of always-largest's cost (largest: %.3f); APGR %.3f, AIQ %.3f",
+             router["pass_rate"], 100 * router["cost_vs_largest"], result["largest"]["pass_rate"],
+             result["curves"]["router"]["apgr"], result["curves"]["router"]["aiq"])
+    return result
+
+
+def _paying(params: Params, paths: Paths, problems: list, labels: list, samples: dict, verdicts: dict,
+            task_ids: list[str], reference: int, router_usd: dict[str, float]) -> dict[str, Any]:
+    """The router that pays (models/router/) on the test prompts: evaluate.paying's numbers."""
+    from complexitynet.paying import load_router, recorded
+
+    spec, _ = load_router(paths.router)
+    models = [m.name for m in params.ladder]
+    if spec.models != models:
+        raise DataError(f"{paths.router}: fitted for ladder {spec.models}, but the ladder is {models}; "
+                        "rerun `complexitynet train`")
+    text = {p.task_id: getattr(p, spec.input) for p in problems}
+    texts = [text[t] for t in task_ids]
+    success = {name: load_router(paths.router, name)[1].predict(texts) for name in spec.candidates}
+    by_id, k = {lab.task_id: lab for lab in labels}, params.label.k[params.base.dataset]
+    rec = recorded(task_ids, by_id, samples, verdicts, models, k, params.label.truth)
+    out = paying(spec, success, rec, params.evaluate.bootstrap, params.base.seed, reference, router_usd)
+    if k > 1:  # the paper's "several trials" question, measured
+        from complexitynet.train import training_data
+
+        data = training_data(problems, labels, spec.input, params.train.max_train)
+        ids = data["train"].task_ids + data["validation"].task_ids
+        rec_tv = recorded(ids, by_id, samples, verdicts, models, k, params.label.truth)
+        out["trials_study"] = trials_study(spec, data["train"].texts + data["validation"].texts, rec_tv, texts, rec,
+                                           params.train.router, params.train, params.evaluate.bootstrap,
+                                           params.base.seed)
+    return out
+
+
+def _log_evaluation(params: Params, result: dict, paths: Paths) -> None:
+    """The evaluation as an MLflow run beside the training runs (same numbers as metrics/evaluate.json)."""
+    import mlflow
+
+    from complexitynet import tracking
+
+    tracking.setup(params.train.experiment)
+    tags = {**tracking.provenance_tags(stages=("prepare", "label", "train")), "kind": "evaluate",
+            "ladder": params.ladder_name, "dataset": params.base.dataset}
+    with mlflow.start_run(run_name="evaluate", tags=tags):
+        mlflow.log_params({"target": result["target"], "n_test": result["n_test"]})
+        numbers = {f"test_{name}_{k}": s[k]["value"] for name, s in result["classifier"].items() for k in s}
+        numbers.update({f"{name}_{k}".replace(":", "_"): v for name, p in result["policies"].items()
+                        for k, v in p.items() if v == v})
+        numbers.update({f"{name}_{k}": c[k] for name, c in result["curves"].items() if isinstance(c, dict)
+                        for k in ("apgr", "cpt50", "cpt80", "aiq") if c[k] == c[k]})
+        for model, groups in result["suites"]["models"].items():  # visible vs hidden, own hidden tests only
+            own = groups["own hidden tests"]
+            numbers.update({f"{model}_{suite}_pass_rate": own[suite]["pass_rate"] for suite in ("visible", "hidden")
+                            if own[suite]["pass_rate"] is not None})
+        mlflow.log_metrics(numbers)
+        for path in (paths.plots / "frontier.png", paths.plots / "confusion.png", paths.report, paths.evaluate_metrics):
+            mlflow.log_artifact(str(path))
+    for name, policy in result["paying"]["policies"].items():  # one run per policy: the compare view's rows
+        with mlflow.start_run(run_name=f"policy-{name}", tags={**tags, "kind": "policy", "policy_kind": policy["kind"]}):
+            mlflow.log_params({"policy": name, "lam": policy["lam"], "n_test": policy["n"]})
+            mlflow.log_metrics({f"test_{k}{suffix}": v for k in ("pass_rate", "cost_vs_largest", "margin_over_hull",
+                                                                 "margin_over_random")
+                                for suffix, v in (("", policy[k]["value"]), ("_lo", policy[k]["ci95"][0]),
+                                                  ("_hi", policy[k]["ci95"][1])) if v == v})

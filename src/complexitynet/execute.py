@@ -21,14 +21,19 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from complexitynet.errors import DataError
-from complexitynet.io import AppendLog
-from complexitynet.sandbox.harness import Outcome
-from complexitynet.sandbox.pool import Job, SandboxPool
+from complexitynet.io import AppendLog, progress_bars
+from complexitynet.paths import load_problems, load_samples
 from complexitynet.sandbox.backends import HASH_SEED
+from complexitynet.sandbox.harness import Outcome
+from complexitynet.sandbox.pool import Job, SandboxConfig, SandboxPool
 from complexitynet.schemas import Problem, Result, Sample, Status, Tests, Verdict
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
+    from complexitynet.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -256,3 +261,38 @@ def summarize(samples: list[Sample], verdicts: list[Verdict]) -> dict[str, Any]:
     out["pass_visible_fail_hidden"] = len(fooled)
     out["source_flags"] = compare_with_source(samples, verdicts)
     return out
+
+
+# --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
+
+def write_outputs(params: Params, paths: Paths, samples: dict, verdicts: dict, backend: str) -> None:
+    from complexitynet.io import write_json, write_jsonl
+    from complexitynet.schemas import verdict_key
+
+    paths.verdicts.mkdir(parents=True, exist_ok=True)
+    for name, rows in verdicts.items():
+        write_jsonl(paths.verdicts / f"{name}.jsonl", rows, key=verdict_key)
+    for stale in paths.verdicts.glob("*.jsonl"):
+        if stale.stem not in verdicts:
+            stale.unlink()
+    metrics = {name: summarize(samples[name], verdicts[name]) for name in verdicts}
+    write_json(paths.execute_metrics, {"ladder": params.ladder_name, "backend": backend, "models": metrics})
+    for name, m in metrics.items():
+        flags = m["source_flags"]
+        log.info("execute: %-28s pass rate hidden %.3f, visible %s %s; %d pass visible but fail hidden; "
+                 "agrees with the source's flags on %s/%s", name, m["hidden"]["pass_rate"] or 0,
+                 m["visible"]["pass_rate"], m["hidden"]["status"], m["pass_visible_fail_hidden"], flags["agree"],
+                 flags["compared"])
+
+
+def run(params: Params, paths: Paths, backend: str | None = None) -> None:
+    sandbox = SandboxConfig.from_params(params, backend)
+    samples = load_samples(params, paths)
+    pool = sandbox.open_pool()
+    log.info("execute: %s backend, %d workers", pool.backend.name, pool.workers)
+    try:
+        verdicts = execute(samples, load_problems(paths), pool, sandbox.fingerprint(),
+                              paths.verdict_cache if params.execute.cache else None, progress=progress_bars())
+    finally:
+        pool.close()
+    write_outputs(params, paths, samples, verdicts, pool.backend.name)

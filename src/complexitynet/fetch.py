@@ -8,16 +8,24 @@ downloaded. A file already in place with the right checksum is kept as it is.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from complexitynet.errors import ChecksumError, DataError
 from complexitynet.io import atomic_write, sha256_file
 from complexitynet.sources import FILES, SourceFile
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
+    from complexitynet.paths import Paths
+
+log = logging.getLogger("complexitynet")
 
 MIRROR_ENV = "COMPLEXITYNET_MIRROR"
 
@@ -81,3 +89,13 @@ def _verify(path: Path, src: SourceFile, what: str, fix: str) -> None:
     actual = sha256_file(path)
     if actual != src.sha256:
         raise ChecksumError(f"{what}: sha256 is {actual}, expected {src.sha256} ({path}); {fix}")
+
+
+# --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
+
+def run(params: Params, paths: Paths) -> None:
+
+    results = fetch(paths.sources, mirror_dirs(params.fetch.mirrors), params.fetch.timeout_s)
+    for item in results:
+        log.info("%-34s %s", item.name, item.origin)
+    log.info("fetch: %d files verified in %s", len(results), paths.sources)

@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -273,3 +274,8 @@ def dump_joblib(model: Any, path: Path) -> None:
             todo.extend(obj.__dict__.values())
     with atomic_write(path, "wb") as fh:
         joblib.dump(model, fh)
+
+
+def progress_bars() -> bool:
+    """Progress bars on an interactive terminal, never in CI logs."""
+    return sys.stderr.isatty() and not os.environ.get("CI")

@@ -16,11 +16,18 @@ flagged rows (a model without outputs for it), or a training set with a single c
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from complexitynet.errors import DataError
 from complexitynet.schemas import Label, Problem, Sample, Truth, Verdict, task_key
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
+    from complexitynet.paths import Paths
+
+log = logging.getLogger("complexitynet")
 
 Rule = Literal["threshold", "first_pass"]
 
@@ -150,3 +157,25 @@ def check_trainable(labels: list[Label], ladder: list[str], max_missing: int, fo
             raise DataError(f"labels: '{model}' {'passes none' if passed == 0 else 'passes every one'} of the "
                             f"{len(fit)} train + validation prompts, so its success head has one outcome to "
                             "learn; check its outputs and verdicts, or leave it out of the ladder")
+
+
+# --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
+
+def run(params: Params, paths: Paths) -> None:
+    from complexitynet.io import read_jsonl, write_json, write_jsonl
+    from complexitynet.schemas import Problem, Verdict, label_key
+
+    ladder = [m.name for m in params.ladder]
+    cfg = params.label
+    problems = read_jsonl(paths.problems, Problem)
+    verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in ladder}
+    k = cfg.k[params.base.dataset]
+    labels = label_problems(problems, verdicts, ladder, k, cfg.rule, cfg.threshold, cfg.allow_missing, cfg.truth)
+    check_trainable(labels, ladder, cfg.max_missing, params.train.router.folds)  # before any long work
+    write_jsonl(paths.labels, labels, key=label_key)
+    dist = distribution(labels, ladder)
+    write_json(paths.label_metrics, {"ladder": params.ladder_name, "k": k, "rule": cfg.rule, "truth": cfg.truth,
+                                     "threshold": cfg.threshold, **dist})
+    for split, d in dist["splits"].items():
+        log.info("label: %-10s n=%-4d %s (1-trial agrees %.2f, flagged %d)", split, d["n"], d["label"],
+                 d["first_trial_agrees"], d["flagged"])

@@ -1,6 +1,6 @@
 """Routing that pays: a cost-aware rule over per-model success probabilities, and a verified cascade.
 
-Conventions (as routing.py): the ladder has L models, cheapest first. `success[p, i]` is the
+Conventions (as scores.py): the ladder has L models, cheapest first. `success[p, i]` is the
 predicted probability that model i's answer to prompt p passes the judging (hidden) tests.
 `unit_cost[i]` is model i's expected cost of one call relative to the largest model's (the largest
 costs 1), so the price of quality `lam` reads "pass probability given up per call of the largest
@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from complexitynet import routing as R
+from complexitynet import scores as R
 
 REFUSE = -1
 Fallback = Literal["cheapest", "largest", "refuse"]

@@ -14,24 +14,32 @@ import ast
 import builtins
 import gzip
 import json
+import logging
 import os
 import random
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from complexitynet import mbppplus
-from complexitynet.config import SplitParams, Splits
+from complexitynet.config import SplitFractions, SplitParams
 from complexitynet.docstring_tests import docstring_asserts
-from complexitynet.errors import DataError
+from complexitynet.errors import ConfigError, DataError
 from complexitynet.extract import parse_quietly
-from complexitynet.io import iter_json_lines
+from complexitynet.io import iter_json_lines, progress_bars
 from complexitynet.mbppplus import BESPOKE, PlusProblem
 from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.harness import case_limits, opaque
-from complexitynet.sandbox.pool import Job, SandboxPool
+from complexitynet.sandbox.pool import Job, SandboxConfig, SandboxPool
 from complexitynet.schemas import Cases, Dataset, Problem, Split, Tests
 from complexitynet.sources import source_path
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
+    from complexitynet.paths import Paths
+
+log = logging.getLogger("complexitynet")
 
 
 def mbpp_split(task: int) -> Split:
@@ -120,7 +128,7 @@ def load_mbpp(path: Path, template: str) -> list[Problem]:
     return problems
 
 
-def seeded_splits(task_ids: list[str], fractions: Splits, seed: int) -> dict[str, Split]:
+def seeded_splits(task_ids: list[str], fractions: SplitFractions, seed: int) -> dict[str, Split]:
     """A seeded split: the same ids, fractions and seed always give the same assignment."""
     ids = sorted(task_ids)
     random.Random(seed).shuffle(ids)
@@ -132,7 +140,7 @@ def seeded_splits(task_ids: list[str], fractions: Splits, seed: int) -> dict[str
     return {tid: split for split, part in cuts for tid in part}
 
 
-def load_humaneval(path: Path, template: str, fractions: Splits, seed: int) -> list[Problem]:
+def load_humaneval(path: Path, template: str, fractions: SplitFractions, seed: int) -> list[Problem]:
     rows = []
     for lineno, obj in iter_json_lines(path, opener=gzip.open):
         rows.append((
@@ -255,7 +263,7 @@ def check_visible(problems: list[Problem], pool: SandboxPool) -> list[Problem]:
     return out
 
 
-def read_problems(dataset: Dataset, sources_dir: Path, template: str, fractions: Splits, seed: int) -> list[Problem]:
+def read_problems(dataset: Dataset, sources_dir: Path, template: str, fractions: SplitFractions, seed: int) -> list[Problem]:
     """The problems as their source states them, without running anything: visible tests, and hidden
     tests where the source has its own (HumanEval's check; MBPP's come from MBPP+ in `prepare`)."""
     path = source_path(sources_dir, dataset)
@@ -311,7 +319,7 @@ def split_assignment(task_ids: list[str], split: SplitParams, seed: int, covered
     return assigned
 
 
-def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Splits, seed: int,
+def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: SplitFractions, seed: int,
             pool: SandboxPool, use_mbppplus: bool = True, progress: bool = False) -> list[Problem]:
     """All problems of `dataset` with visible and hidden tests (sorting happens on write). The pool
     runs reference solutions: MBPP+'s for expected outputs, HumanEval's against its docstring examples."""
@@ -324,3 +332,53 @@ def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Split
 
     costs = load_costs(Path(os.environ.get("COMPLEXITYNET_SANDBOX_DIR", REPO_SANDBOX)) / COSTS_FILE)
     return add_mbppplus(problems, mbppplus.load(source_path(sources_dir, "mbppplus")), pool, progress, costs)
+
+
+# --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
+
+def run(params: Params, paths: Paths) -> None:
+    from complexitynet.io import write_jsonl
+    from complexitynet.schemas import task_key
+
+    dataset = params.base.dataset
+    split = params.prepare.split
+    covered, split_file = None, None
+    if split.method == "outputs":
+        covered = recorded_coverage(params, paths)
+    if split.method == "file":
+        from complexitynet.providers.recorded import warn_outside_imports
+
+        split_file = Path(split.file or "")
+        warn_outside_imports(split_file, "prepare")
+    ids = [p.task_id for p in read_problems(dataset, paths.sources, params.prepare.templates[dataset],
+                                            split.fractions, params.base.seed)]
+    assigned = split_assignment(ids, split, params.base.seed, covered, split_file)  # before the sandbox runs
+    pool = SandboxConfig.from_params(params).open_pool()  # reference solutions run in the sandbox too
+    try:
+        problems = prepare(dataset, paths.sources, params.prepare.templates[dataset],
+                                    split.fractions, params.base.seed, pool, params.prepare.mbppplus, progress_bars())
+    finally:
+        pool.close()
+    if assigned is not None:
+        problems = [p.model_copy(update={"split": assigned[p.task_id]}) for p in problems]
+    n = write_jsonl(paths.problems, problems, key=lambda p: task_key(p.task_id))
+    counts = {s: sum(p.split == s for p in problems) for s in ("fewshot", "train", "validation", "test", "unused")}
+    log.info("prepare: %d %s problems -> %s %s", n, dataset, paths.problems, counts)
+    hidden = Counter(p.hidden_source for p in problems)
+    log.info("prepare: hidden tests from %s; %d problems with visible tests, %d hidden tests in all, %d notes",
+             dict(sorted(hidden.items())), sum(p.visible.total > 0 for p in problems),
+             sum(p.hidden.total for p in problems), sum(len(p.notes) for p in problems))
+
+
+def recorded_coverage(params: Params, paths: Paths) -> set[str]:
+    """The prompts every recorded rung of the ladder has an output for (`prepare.split: outputs`)."""
+    from complexitynet.providers.recorded import RecordedProvider
+
+    recorded = [m for m in params.ladder if not m.live]
+    if not recorded:
+        raise ConfigError(f"prepare.split.method 'outputs': ladder '{params.ladder_name}' has no recorded rung, so "
+                          "no prompt 'has outputs' before sampling; use method seeded or file")
+    covered = set.intersection(*(RecordedProvider(m, paths.sources).task_ids() for m in recorded))
+    log.info("prepare: %d prompts have outputs of every recorded rung (%s)", len(covered),
+             ", ".join(m.name for m in recorded))
+    return covered

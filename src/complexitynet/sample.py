@@ -3,7 +3,7 @@
 This module holds the provider-independent part: turning raw completions into `Sample` records
 (code extraction, token counts or a flagged estimate, cost from the ladder's prices), running the
 ladder (recorded providers replay completions made earlier; live ones go through the sampling
-engine and its cache, `complexitynet.sampling`), and the per-model summary.
+engine and its cache, `complexitynet.live`), and the per-model summary.
 """
 
 from __future__ import annotations
@@ -13,16 +13,13 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from complexitynet.config import ModelSpec
-from complexitynet.config import Sample as SampleParams
+from complexitynet.config import ModelSpec, SampleParams
 from complexitynet.errors import ComplexityNetError
 from complexitynet.extract import extract_code
-from complexitynet.io import write_jsonl
-from complexitynet.providers import LiveProvider, make_provider
-from complexitynet.providers.recorded import RawCompletion, RecordedProvider
-from complexitynet.sampling import (
+from complexitynet.io import progress_bars, write_jsonl
+from complexitynet.live import (
     Budget,
     LiveModel,
     ModelStats,
@@ -32,7 +29,14 @@ from complexitynet.sampling import (
     open_caches,
     run_live,
 )
+from complexitynet.paths import load_problems
+from complexitynet.providers import LiveProvider, make_provider
+from complexitynet.providers.recorded import RawCompletion, RecordedProvider
 from complexitynet.schemas import Problem, Sample, sample_key, task_key
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
+    from complexitynet.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +198,49 @@ def write_samples(out_dir: Path, per_model: dict[str, list[Sample]]) -> None:
     for stale in out_dir.glob("*.jsonl"):
         if stale.stem not in per_model:
             stale.unlink()
+
+
+# --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
+
+def check_providers(params: Params, paths: Paths) -> None:
+    """Every model of the ladder can be sampled (e.g. its API-key variable is set), before any request."""
+    from complexitynet.providers import make_provider
+
+    for model in params.ladder:
+        make_provider(model, paths.sources).check()
+
+
+def sample_models(params: Params, paths: Paths, models: list[ModelSpec], problems: dict,
+                  budget_usd: float | None = None):
+    """Samples of `models` (a LadderRun); live ones go through the engine with `budget_usd` as their cap."""
+
+    cfg = params.sample if budget_usd is None else params.sample.model_copy(update={"budget_usd": budget_usd})
+    return sample_ladder(models, problems, paths.sources, paths.sample_cache, cfg, progress=progress_bars(),
+                         seed=params.base.seed)
+
+
+def write_outputs(params: Params, paths: Paths, problems: dict, runs: list) -> None:
+    """data/samples/<model>.jsonl and metrics/sample.json from one or more LadderRuns."""
+    from complexitynet.io import write_json
+    from complexitynet.label import check_outputs
+
+    samples = {name: rows for run in runs for name, rows in run.samples.items()}
+    samples = {m.name: samples[m.name] for m in params.ladder}  # ladder order, whoever sampled what
+    check_outputs(samples, problems, params.label.max_missing if params.label.allow_missing else 0)
+    write_samples(paths.samples, samples)
+    metrics = {name: summarize(rows, problems) for name, rows in samples.items()}
+    for run in runs:
+        for name, stats in run.live.items():
+            metrics[name].update(run.live_metrics[name], run={
+                "requests_sent": stats.sent, "cache_hits": stats.cached, "retries": stats.retries,
+                "cost_usd": round(stats.spent_usd, 6)})
+    write_json(paths.sample_metrics, {"ladder": params.ladder_name, "models": metrics})
+    for name, m in metrics.items():
+        log.info("sample: %-28s %5d samples over %d tasks (%d missing), %d+%d tokens, $%.4f%s", name,
+                 m["samples"], m["tasks"], m["missing_tasks"], m["prompt_tokens"], m["completion_tokens"],
+                 m["cost_usd"], " (tokens estimated)" if m["tokens_estimated_share"] else "")
+
+
+def run(params: Params, paths: Paths) -> None:
+    problems = load_problems(paths)
+    write_outputs(params, paths, problems, [sample_models(params, paths, params.ladder, problems)])

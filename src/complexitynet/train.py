@@ -11,15 +11,24 @@ classification report and a one-call-loadable model to MLflow.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from complexitynet.config import Train
+from complexitynet.classifier import quiet_libraries
+from complexitynet.config import TrainParams
 from complexitynet.errors import DataError
+from complexitynet.paths import load_samples
 from complexitynet.schemas import Label, Problem
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
+    from complexitynet.paths import Paths
+
+log = logging.getLogger("complexitynet")
 
 
 @dataclass
@@ -77,7 +86,7 @@ class FitResult:
     device: str = "cpu"
 
 
-def fit_lora(data: dict[str, Split], num_labels: int, cfg: Train, seed: int, on_epoch=None) -> FitResult:
+def fit_lora(data: dict[str, Split], num_labels: int, cfg: TrainParams, seed: int, on_epoch=None) -> FitResult:
     """The LoRA training loop (accelerate); keeps the weights of the best validation epoch."""
     import torch
     from accelerate import Accelerator
@@ -169,7 +178,7 @@ def predict_loader(model, dataloader, accelerator) -> np.ndarray:
     return np.concatenate(out)
 
 
-def fit_baselines(data: dict[str, Split], num_labels: int, cfg: Train, seed: int,
+def fit_baselines(data: dict[str, Split], num_labels: int, cfg: TrainParams, seed: int,
                   only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Majority class, the training prior, TF-IDF + logistic regression, kNN on frozen embeddings
     (`only` fits a subset, e.g. for cross-validation)."""
@@ -206,7 +215,7 @@ def flatten(prefix: str, obj: Any) -> dict[str, Any]:
     return {prefix: obj}
 
 
-def train(problems: list[Problem], labels: list[Label], classes: list[str], cfg: Train, seed: int,
+def train(problems: list[Problem], labels: list[Label], classes: list[str], cfg: TrainParams, seed: int,
           out_dir, baselines_dir, run_tags: dict[str, str]) -> dict[str, Any]:
     """Fit the classifier and the baselines, save them, log every run to MLflow; returns the metrics."""
     import tempfile
@@ -216,8 +225,8 @@ def train(problems: list[Problem], labels: list[Label], classes: list[str], cfg:
     from sklearn.metrics import classification_report
 
     from complexitynet import tracking
-    from complexitynet.io import dump_joblib
     from complexitynet.classifier import Classifier, pyfunc_model, save_classifier
+    from complexitynet.io import dump_joblib
     from complexitynet.plots import confusion_matrix, confusion_png
 
     data = training_data(problems, labels, cfg.input, cfg.max_train)
@@ -291,7 +300,7 @@ def _promote_champion(name: str, version: str | int | None, macro_f1: float) -> 
         client.set_registered_model_alias(name, "champion", str(version))
 
 
-def cross_validate(problems: list[Problem], labels: list[Label], num_labels: int, cfg: Train, seed: int,
+def cross_validate(problems: list[Problem], labels: list[Label], num_labels: int, cfg: TrainParams, seed: int,
                    folds: int) -> dict[str, Any]:
     """k-fold cross-validation over the non-test prompts (train + validation pooled), for stable
     numbers on small datasets. Each fold trains for a fixed `cfg.epochs` (no early stopping: the
@@ -323,13 +332,13 @@ def cross_validate(problems: list[Problem], labels: list[Label], num_labels: int
 
 
 def train_router(problems: list[Problem], labels: list[Label], samples: dict, verdicts: dict, models: list[str],
-                 cfg: Train, trials: int, truth: str, seed: int, out_dir, run_tags: dict[str, str]) -> dict[str, Any]:
-    """Fit the router that pays (routers.py) on train + validation, log one MLflow run per candidate
+                 cfg: TrainParams, trials: int, truth: str, seed: int, out_dir, run_tags: dict[str, str]) -> dict[str, Any]:
+    """Fit the router that pays (paying.py) on train + validation, log one MLflow run per candidate
     with the same metric names (cv_*), and save models/router/; returns what metrics/train.json keeps."""
     import mlflow
 
     from complexitynet import tracking
-    from complexitynet.routers import recorded, save_router, select_router, targets_of
+    from complexitynet.paying import recorded, save_router, select_router, targets_of
 
     data = training_data(problems, labels, cfg.input, cfg.max_train)
     ids = data["train"].task_ids + data["validation"].task_ids
@@ -348,3 +357,38 @@ def train_router(problems: list[Problem], labels: list[Label], samples: dict, ve
     save_router(spec, fitted, out_dir)
     return {"candidate": spec.candidate, "lam": spec.rule.lam, "cascade_lam": spec.cascade_lam,
             "unit_cost": spec.unit_cost, "gate": spec.gate.coef, "candidates": spec.candidates}
+
+
+# --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    quiet_libraries()
+    from complexitynet.io import read_jsonl, write_json
+    from complexitynet.label import check_trainable
+    from complexitynet.schemas import Label, Problem, Verdict
+    from complexitynet.tracking import provenance_tags
+
+    classes = params.classes
+    tags = {**provenance_tags(), "ladder": params.ladder_name, "dataset": params.base.dataset}
+    problems, labels = read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label)
+    check_trainable(labels, [m.name for m in params.ladder], params.label.max_missing, params.train.router.folds)
+    metrics = train(problems, labels, classes, params.train, params.base.seed, paths.classifier,
+                           paths.baselines, tags)
+    models = [m.name for m in params.ladder]
+    verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
+    metrics["router"] = train_router(problems, labels, load_samples(params, paths), verdicts, models, params.train,
+                                     params.label.k[params.base.dataset], params.label.truth, params.base.seed,
+                                     paths.router, tags)
+    # run ids and timings differ on every run; the DVC metric keeps only what the inputs determine
+    run_id = metrics["models"]["lora"].pop("run_id")
+    for row in metrics["history"]:
+        row.pop("train_seconds")
+    write_json(paths.train_metrics, metrics)
+    for name, m in metrics["models"].items():
+        log.info("train: %-12s validation accuracy %.3f  macro-F1 %.3f  within-one %.3f", name, m["accuracy"],
+                 m["macro_f1"], m["within_one"])
+    for name, m in metrics["router"]["candidates"].items():
+        log.info("train: router %-9s cross-validated margin over the hull %+.3f at %.1f%% of the largest's cost "
+                 "(lambda %.3g)", name, m["routing_margin"], 100 * m["cost_vs_largest"], m["lam"])
+    log.info("train: router -> %s; cascade lambda %.3g", metrics["router"]["candidate"], metrics["router"]["cascade_lam"])
+    return {"run_id": run_id, **metrics}

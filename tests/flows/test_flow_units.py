@@ -16,7 +16,8 @@ from complexitynet.config import load_params
 from complexitynet.errors import ConfigError, DataError
 from complexitynet.sample import BudgetExceeded, SamplingFailed
 from complexitynet.sandbox.backends import SandboxError
-from complexitynet.stages import Paths, SandboxConfig
+from complexitynet.paths import Paths
+from complexitynet.sandbox.pool import SandboxConfig
 from flows.pipeline import execute_flow, sample_flow, task_runners
 from tasks.pipeline import is_transient
 from tests.fake_openai import FakeOpenAI, fraction

@@ -66,9 +66,9 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     out = run([*dvc, "repro"], root, env)
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert all(f"Running stage '{stage}'" not in out for stage in STAGES[:-2])
-    for path in ("metrics/eval.json", "plots/frontier.png", "plots/confusion.png", "reports/report.md"):
+    for path in ("metrics/evaluate.json", "plots/frontier.png", "plots/confusion.png", "reports/report.md"):
         assert (root / path).exists(), path
-    assert "metrics/eval.json" in run([*dvc, "metrics", "show"], root, env)
+    assert "metrics/evaluate.json" in run([*dvc, "metrics", "show"], root, env)
     run([*dvc, "plots", "show", "-o", str(root / "plots-html")], root, env)
     assert (root / "plots-html" / "index.html").exists()
 
@@ -78,7 +78,7 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([*dvc, "repro"], root, env)
     assert len((root / "data/problems.jsonl").read_text().splitlines()) == 164
-    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
     assert evaluation["n_test"] == 33 and evaluation["models"] == ["codellama-7b-instruct", "gpt-3.5-turbo", "gpt-4o"]
     assert "# ComplexityNet evaluation: humaneval" in (root / "reports/report.md").read_text()
     study = evaluation["paying"]["trials_study"]  # k = 1..5 trials, measured

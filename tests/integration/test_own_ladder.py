@@ -81,7 +81,7 @@ def test_own_ladders_through_dvc_repro(tmp_path, mirror):
     set_params(root, lambda p: (p["ladders"].update(inverted=inverted), p["base"].update(ladder="inverted"),
                                 p["prepare"]["split"].update(method="dataset")))
     run([*dvc, "repro"], root, env)
-    evaluation = json.loads((root / "metrics/eval.json").read_text())
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
     assert evaluation["reference"]["model"] == "gpt-4" and not evaluation["reference"]["monotone"]
     assert evaluation["policies"]["always:gpt-4"]["pgr"] == pytest.approx(1.0)
     report = (root / "reports/report.md").read_text()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from complexitynet.config import Train
+from complexitynet.config import TrainParams
 from complexitynet.errors import ConfigError, DataError
 from complexitynet.schemas import Label, Problem
 from complexitynet.schemas import Tests as ProblemTests
@@ -57,7 +57,7 @@ def test_train_one_epoch_reload_from_mlflow_and_find_run(mlflow_env):
 
     tmp, uri = mlflow_env
     problems, labels = tiny_dataset()
-    cfg = Train(epochs=1, batch_size=8, max_length=32, experiment="test-exp", registered_model="test-clf", knn_k=3)
+    cfg = TrainParams(epochs=1, batch_size=8, max_length=32, experiment="test-exp", registered_model="test-clf", knn_k=3)
     metrics = train(problems, labels, CLASSES, cfg, 7, tmp / "models/classifier", tmp / "models/baselines",
                     {"ladder": "test", "dataset": "mbpp", "git_commit": "abc"})
     assert set(metrics["models"]) == {"lora", "majority", "prior", "tfidf_lr", "knn_minilm"}
@@ -147,7 +147,7 @@ def test_cross_validation_over_non_test_prompts():
     from complexitynet.train import cross_validate
 
     problems, labels = tiny_dataset(16, 8)
-    cv = cross_validate(problems, labels, 4, Train(epochs=1, batch_size=8, max_length=32), 3, folds=2)
+    cv = cross_validate(problems, labels, 4, TrainParams(epochs=1, batch_size=8, max_length=32), 3, folds=2)
     assert cv["folds"] == 2 and cv["n"] == 24
     assert len(cv["per_fold"]["lora"]) == 2 and len(cv["per_fold"]["tfidf_lr"]) == 2
     for name in ("lora", "tfidf_lr"):
@@ -184,11 +184,11 @@ def test_retraining_writes_the_same_bytes(tmp_path):
     adapter config peft writes from sets comes out in one order: `dvc status` stays clean on retrain."""
     from complexitynet.classifier import stable_json
 
-    code = ("import sys\nimport numpy as np\nfrom complexitynet.config import Train\nfrom complexitynet.io import dump_joblib\n"
+    code = ("import sys\nimport numpy as np\nfrom complexitynet.config import TrainParams\nfrom complexitynet.io import dump_joblib\n"
             "from complexitynet.train import Split, fit_baselines\n"
             "texts = [f'Write a function to {w} (variant {i}).' for i, w in enumerate(['add', 'sort', 'parse', 'prove'] * 4)]\n"
             "data = {'train': Split([f'T/{i}' for i in range(16)], texts, np.arange(16) % 4)}\n"
-            "model = fit_baselines(data, 4, Train(), 0, only=('tfidf_lr',))['tfidf_lr']\n"
+            "model = fit_baselines(data, 4, TrainParams(), 0, only=('tfidf_lr',))['tfidf_lr']\n"
             "dump_joblib(model, __import__('pathlib').Path(sys.argv[1]))\n")
     for name in ("a", "b"):
         subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{name}.joblib")], check=True)

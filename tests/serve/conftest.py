@@ -47,13 +47,13 @@ def tiny_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import joblib
     import numpy as np
 
-    from complexitynet.config import Train
+    from complexitynet.config import TrainParams
     from complexitynet.train import Split, fit_baselines
 
     words = ["add two numbers", "reverse a linked list in place", "solve sudoku with backtracking", "prove P=NP"]
     texts = [f"Write a function to {words[i % 4]} (variant {i})." for i in range(16)]
     data = {"train": Split([f"T/{i}" for i in range(16)], texts, np.arange(16) % 4)}
-    model = fit_baselines(data, len(CLASSES), Train(), 0, only=("tfidf_lr",))["tfidf_lr"]
+    model = fit_baselines(data, len(CLASSES), TrainParams(), 0, only=("tfidf_lr",))["tfidf_lr"]
     out = tmp_path_factory.mktemp("baselines") / "tfidf_lr.joblib"
     joblib.dump(model, out)
     return out
@@ -69,7 +69,7 @@ def paying_router(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from complexitynet import heads as H
     from complexitynet import policy as P
-    from complexitynet.routers import RouterSpec, save_router
+    from complexitynet.paying import RouterSpec, save_router
 
     model = H.Calibrated(H.Heads(None).fit(["a prompt", "another prompt"], np.array([[0.2, 0.6, 0.9]] * 2)),
                          [(1.0, 0.0)] * 3)
@@ -95,7 +95,7 @@ class RouterThread:
     """The router app served on 127.0.0.1:<free port> by an event loop in a background thread."""
 
     def __init__(self, params: Params) -> None:
-        from complexitynet.serve import build_router
+        from complexitynet.serve.router import build_router
 
         self.router = build_router(params)
         self.base_url = ""

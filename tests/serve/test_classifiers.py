@@ -16,7 +16,7 @@ import pytest
 
 from complexitynet.cli import main
 from complexitynet.errors import ConfigError
-from complexitynet.route import FileClassifier, SparseLinear, load_router_classifier
+from complexitynet.serve.classifiers import FileClassifier, SparseLinear, load_router_classifier
 from tests.conftest import REPO
 from tests.serve.conftest import CLASSES, RouterThread, router_params
 
@@ -26,7 +26,7 @@ MBPP_LEVELS = ["codellama-7b-python", "gpt-3.5-turbo-1106", "gpt-4-1106-preview"
 
 
 def test_route_with_a_baseline_file(tiny_baseline, capsys):
-    argv = ["--params", str(REPO / "params.yaml"), "route", "Write a function to add two numbers.",
+    argv = ["--params", str(REPO / "params.yaml"), "serve", "--explain", "Write a function to add two numbers.",
             "--classifier", str(tiny_baseline), "--ladder", "mbpp"]
     assert main([*argv, "--target", "0"]) == 0
     out = capsys.readouterr().out
@@ -68,13 +68,13 @@ def test_the_fast_tfidf_path_gives_scikit_learns_probabilities(mirror, tmp_path)
     it was compiled from, fitted on every MBPP statement: the same probabilities, every row; other
     models keep scikit-learn."""
     from complexitynet.baselines import Constant
-    from complexitynet.config import Train
+    from complexitynet.config import TrainParams
     from complexitynet.train import Split, fit_baselines
 
     texts = [json.loads(line)["text"] for line in (mirror / "mbpp" / "mbpp.jsonl").read_text().splitlines()]
     labels = np.random.default_rng(0).choice([0, 1, 3], size=len(texts))  # level 2 never seen: a padded column
     data = {"train": Split([f"T/{i}" for i in range(len(texts))], texts, labels)}
-    model = fit_baselines(data, len(CLASSES), Train(), 0, only=("tfidf_lr",))["tfidf_lr"]
+    model = fit_baselines(data, len(CLASSES), TrainParams(), 0, only=("tfidf_lr",))["tfidf_lr"]
     fast = SparseLinear.compile(model)
     assert fast is not None
     probe = texts + ["", "!!!", "Write a FUNCTION to add two numbers. " * 40, "ünïcödé wörds ±"]
@@ -134,9 +134,9 @@ def test_classifier_loads_from_the_mlflow_registry(tiny_classifier, tiny_baselin
     assert np.allclose(baseline.predict_proba(texts), joblib.load(tiny_baseline).predict_proba(texts))
     with pytest.raises(ConfigError, match="'models:/no-such-model@champion': cannot load it from MLflow"):
         load_router_classifier("models:/no-such-model@champion", CLASSES)
-    # a fresh process (as `complexitynet route --classifier models:/...`) with no MLFLOW_TRACKING_URI
+    # a fresh process (as `complexitynet serve --explain --classifier models:/...`) with no MLFLOW_TRACKING_URI
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    code = ("from complexitynet.route import load_router_classifier\n"
+    code = ("from complexitynet.serve.classifiers import load_router_classifier\n"
             "print(load_router_classifier('models:/test-router-clf@champion', []).classes)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and str(CLASSES) in out.stdout, out.stderr[-2000:]

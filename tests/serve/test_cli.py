@@ -1,4 +1,4 @@
-"""`complexitynet route` and `complexitynet serve` from the command line."""
+"""`complexitynet serve --explain` and `complexitynet serve` from the command line."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from tests.integration.test_train_mlflow import free_port
 pytestmark = pytest.mark.slow
 
 
-def test_route_prints_the_decision_and_why(tiny_classifier, capsys):
-    argv = ["--params", str(REPO / "params.yaml"), "route", "Write a function to add two numbers.",
+def test_explain_prints_the_decision_and_why(tiny_classifier, capsys):
+    argv = ["--params", str(REPO / "params.yaml"), "serve", "--explain", "Write a function to add two numbers.",
             "--classifier", str(tiny_classifier), "--ladder", "mbpp"]
     assert main([*argv, "--target", "0"]) == 0
     out = capsys.readouterr().out

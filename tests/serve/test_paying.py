@@ -11,7 +11,7 @@ import pytest
 
 from complexitynet import policy as P
 from complexitynet.errors import ConfigError
-from complexitynet.routers import RouterSpec, load_router, save_router
+from complexitynet.paying import RouterSpec, load_router, save_router
 from tests.serve.conftest import RouterThread, router_params
 
 PROMPT = [{"role": "user", "content": "Write a function to add two numbers."}]
@@ -55,7 +55,7 @@ def test_a_refusing_fallback_answers_422(paying_router, tiny_baseline, fake, tmp
 
 
 def test_a_router_for_another_ladder_size_is_a_clear_error(paying_router, tiny_baseline, fake):
-    from complexitynet.serve import build_router
+    from complexitynet.serve.router import build_router
 
     params = router_params(tiny_baseline, [(fake.base_url, None)] * 2, router=str(paying_router))
     with pytest.raises(ConfigError, match="predicts 3 rungs .* but ladder 'test' has 2"):

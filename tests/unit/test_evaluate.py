@@ -91,18 +91,18 @@ def test_a_ladder_whose_middle_model_is_best_is_judged_against_it():
 def test_router_cost_comes_from_the_pinned_measurement_or_params(tmp_path):
     import json
 
-    from complexitynet.config import ROUTER_CPU_FILE, RouterCost
+    from complexitynet.config import ROUTER_CPU_FILE, RouterCostParams
     from complexitynet.errors import DataError
     from complexitynet.evaluate import router_costs
 
     table = Path(__file__).resolve().parents[2] / ROUTER_CPU_FILE
-    pinned = router_costs(RouterCost(), table, ["tfidf", "ensemble", "lora", "classifier"])
+    pinned = router_costs(RouterCostParams(), table, ["tfidf", "ensemble", "lora", "classifier"])
     assert pinned["source"].startswith(str(table)) and pinned["cpu_s"]["lora"] == pinned["cpu_s"]["classifier"]
     assert pinned["usd_per_prompt"]["tfidf"] == pytest.approx(pinned["cpu_s"]["tfidf"] * 0.05 / 3600)
-    flat = router_costs(RouterCost(cpu_s=0.036, usd_per_cpu_hour=1.0), tmp_path / "none.json", ["tfidf"])
+    flat = router_costs(RouterCostParams(cpu_s=0.036, usd_per_cpu_hour=1.0), tmp_path / "none.json", ["tfidf"])
     assert flat["usd_per_prompt"] == {"tfidf": pytest.approx(1e-5)}
     with pytest.raises(DataError, match=r"no CPU seconds per prompt for \['knn'\]; re-measure with `make router-cpu`"):
-        router_costs(RouterCost(cpu_s={"tfidf": 0.001}), tmp_path / "none.json", ["tfidf", "knn"])
+        router_costs(RouterCostParams(cpu_s={"tfidf": 0.001}), tmp_path / "none.json", ["tfidf", "knn"])
     (bad := tmp_path / "router_cpu.json").write_text(json.dumps({"cpu_s": {}}))
     with pytest.raises(DataError, match=r"router_cpu.json: not a router CPU measurement.*make router-cpu"):
-        router_costs(RouterCost(), bad, ["tfidf"])
+        router_costs(RouterCostParams(), bad, ["tfidf"])

@@ -1,4 +1,4 @@
-"""Per-model success models, their calibration, and the router fitted from them (heads.py, routers.py)."""
+"""Per-model success models, their calibration, and the router fitted from them (heads.py, paying.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 
 from complexitynet import heads as H
 from complexitynet import policy as P
-from complexitynet.config import Train
+from complexitynet.config import TrainParams
 from complexitynet.errors import DataError
-from complexitynet.routers import RouterSpec, fit_gate, load_router, save_router, select_router
+from complexitynet.paying import RouterSpec, fit_gate, load_router, save_router, select_router
 
 
 class WordEmbedder:
@@ -90,9 +90,9 @@ def recorded(targets: np.ndarray, visible_noise: int = 0) -> P.Recorded:
 def test_select_router_cross_validates_every_candidate_and_saves_what_serve_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(H, "Embedder", lambda *a, **k: WordEmbedder())
     texts, targets, _ = dataset(90)
-    cfg = Train().router.model_copy(update={"candidates": ["tfidf", "knn", "ensemble"], "folds": 3})
+    cfg = TrainParams().router.model_copy(update={"candidates": ["tfidf", "knn", "ensemble"], "folds": 3})
     seen = []
-    spec, fitted = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg, Train(), 0,
+    spec, fitted = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg, TrainParams(), 0,
                                  on_candidate=lambda name, scores: seen.append(name))
     assert seen == ["tfidf", "knn", "ensemble"] and set(fitted) == set(seen)
     for scores in spec.candidates.values():
@@ -112,8 +112,8 @@ def test_select_router_cross_validates_every_candidate_and_saves_what_serve_load
 def test_a_fixed_lambda_is_used_as_given(monkeypatch):
     monkeypatch.setattr(H, "Embedder", lambda *a, **k: WordEmbedder())
     texts, targets, _ = dataset(30)
-    cfg = Train().router.model_copy(update={"candidates": ["tfidf"], "folds": 3, "lam": 0.25})
-    spec, _ = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg, Train(), 0)
+    cfg = TrainParams().router.model_copy(update={"candidates": ["tfidf"], "folds": 3, "lam": 0.25})
+    spec, _ = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg, TrainParams(), 0)
     assert spec.rule.lam == 0.25
 
 
@@ -155,8 +155,8 @@ def test_trials_study_refits_on_k_trials_and_judges_on_all(monkeypatch):
                           rec.cost[s], rec.seconds[s])
 
     spec = RouterSpec(["s", "m", "l"], "tfidf", [0.01, 0.1, 1.0], P.Rule(0.1), 0.1, P.Gate(), "text", {})
-    cfg = Train().router.model_copy(update={"folds": 3})
-    study = trials_study(spec, texts[tv], part(tv), texts[te], part(te), cfg, Train(), 200, 0)
+    cfg = TrainParams().router.model_copy(update={"folds": 3})
+    study = trials_study(spec, texts[tv], part(tv), texts[te], part(te), cfg, TrainParams(), 200, 0)
     rows = study["rows"]
     assert [r["k"] for r in rows] == [1, 2, 3, 4] and study["prompts"] == 90
     assert rows[-1]["label_agreement"] == 1.0 and rows[0]["label_agreement"] < 1.0
@@ -179,8 +179,8 @@ def test_lora_heads_learn_soft_targets_and_pickle_as_their_weights():
 def test_the_lora_candidate_is_cross_validated_like_the_others(monkeypatch):
     monkeypatch.setattr(H, "Embedder", lambda *a, **k: WordEmbedder())
     texts, targets, _ = dataset(24)
-    cfg = Train().router.model_copy(update={"candidates": ["tfidf", "lora"], "folds": 2, "lora_epochs": 1})
+    cfg = TrainParams().router.model_copy(update={"candidates": ["tfidf", "lora"], "folds": 2, "lora_epochs": 1})
     spec, fitted = select_router(texts, targets, recorded(targets), ["s", "m", "l"], cfg,
-                                 Train(max_length=32, batch_size=8), 0)
+                                 TrainParams(max_length=32, batch_size=8), 0)
     assert set(spec.candidates) == {"tfidf", "lora"} and isinstance(fitted["lora"].model, H.LoraHeads)
     assert {"routing_margin", "auc_s", "lam"} <= set(spec.candidates["lora"])

@@ -2,7 +2,7 @@ from collections import Counter
 
 import pytest
 
-from complexitynet.config import Splits
+from complexitynet.config import SplitFractions
 from complexitynet.config import SplitParams
 from complexitynet.errors import DataError
 from complexitynet.prepare import mbpp_entry_point, mbpp_split, read_problems, seeded_splits, split_assignment
@@ -60,7 +60,7 @@ def test_humaneval_is_seeded_and_complete(sources_dir, params):
     assert sum(q.visible.total > 0 for q in probs) == 155  # prompts whose docstring yields an example
     assert p.reference.startswith(p.text) and "```python\nfrom typing import List" in p.prompt
     ids = [q.task_id for q in probs]
-    fr = Splits()
+    fr = SplitFractions()
     assert seeded_splits(ids, fr, 7) == seeded_splits(list(reversed(ids)), fr, 7)
     assert seeded_splits(ids, fr, 7) != seeded_splits(ids, fr, 8)
 

@@ -1,7 +1,7 @@
 """The provider interface: one small ABC, one abstract method (`complete`), and the errors it may raise.
 
 A provider turns requests (task, trial, prompt) into `RawCompletion`s. Live providers add what the
-sampling engine (`complexitynet.sampling`) needs to schedule them: how many requests go in one
+sampling engine (`complexitynet.live`) needs to schedule them: how many requests go in one
 call, how many calls may be in flight, a requests-per-minute cap, a timeout, a retry policy, and
 the identity that, with the prompt and trial, addresses the cache.
 """

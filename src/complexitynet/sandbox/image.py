@@ -121,3 +121,12 @@ def _import_offline_base(client) -> None:
             partial.rename(tarball)
     repository, tag = OFFLINE_BASE.split(":")
     client.api.import_image(src=str(tarball), repository=repository, tag=tag)
+
+
+def build_for(image_build: Literal["auto", "online", "offline"]) -> None:
+    """`complexitynet sandbox-image`: build the Docker image if the engine lacks it, and name it."""
+    from complexitynet.sandbox.backends import DockerBackend, Limits
+
+    backend = DockerBackend(Limits(), image_build)
+    log.info("sandbox image: %s", backend.image)
+    backend.close()

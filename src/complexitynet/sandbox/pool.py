@@ -8,16 +8,23 @@ is recorded as a crash. If no session can be started at all, `SandboxError` stop
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 import queue
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from complexitynet.sandbox.backends import Backend, Limits, SandboxError, Session
 from complexitynet.sandbox.harness import Outcome, Timeouts, reference_outputs, run_tests
+
+if TYPE_CHECKING:
+    from complexitynet.config import Params
 from complexitynet.schemas import Tests
 
 log = logging.getLogger(__name__)
@@ -130,3 +137,48 @@ class SandboxPool:
         if close_backend:
             self.backend.close()
 
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """What a worker needs to open sandboxes: picklable, so it travels to Prefect/Dask workers."""
+
+    backend: str
+    workers: int
+    image_build: str
+    limits: dict[str, int]
+    timeouts: dict[str, float]
+
+    @classmethod
+    def from_params(cls, params: Params, backend: str | None = None) -> SandboxConfig:
+        cfg = params.execute
+        return cls(backend or cfg.backend, cfg.workers or os.cpu_count() or 1, cfg.image_build,
+                   cfg.limits.model_dump(), cfg.timeouts.model_dump())
+
+    def resolved(self) -> SandboxConfig:
+        """The same with `auto` decided here, so every worker uses (and metrics name) one backend."""
+        from complexitynet.sandbox.backends import resolve_backend
+
+        return dataclasses.replace(self, backend=resolve_backend(self.backend))
+
+    def fingerprint(self) -> str:
+        """What a verdict depends on besides code and tests: the image (runner and Dockerfile), the
+        trusted harness and protocol that judge, limits and timeouts."""
+        import hashlib
+
+        from complexitynet.sandbox import harness, protocol
+        from complexitynet.sandbox.backends import Limits
+        from complexitynet.sandbox.harness import Timeouts
+        from complexitynet.sandbox.image import image_name
+
+        judge = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (harness, protocol))).hexdigest()[:12]
+        return json.dumps([image_name(), judge, dataclasses.asdict(Limits(**self.limits)),
+                           dataclasses.asdict(Timeouts(**self.timeouts))])
+
+    def open_pool(self, workers: int | None = None):
+        from complexitynet.sandbox.backends import Limits, make_backend
+        from complexitynet.sandbox.harness import Timeouts
+        from complexitynet.sandbox.pool import SandboxPool
+
+        limits = Limits(**self.limits)
+        backend = make_backend(self.backend, limits, self.image_build)
+        return SandboxPool(backend, workers or self.workers, limits, Timeouts(**self.timeouts))

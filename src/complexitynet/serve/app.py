@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from complexitynet.route import prompt_text
 from complexitynet.sandbox.backends import SandboxError
 from complexitynet.serve import sse
 from complexitynet.serve.batcher import Overloaded
+from complexitynet.serve.decide import prompt_text
 from complexitynet.serve.http1 import HTTPError
 from complexitynet.serve.router import AllFailed, Attempt, Plan, Router, UnknownModel
 from complexitynet.serve.upstream import KeyMissing, UpstreamRejected

@@ -14,12 +14,13 @@ import asyncio
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from complexitynet.config import Execute, ModelSpec, Serve
+from complexitynet.config import ExecuteParams, ModelSpec, Params, ServeParams
 from complexitynet.policy import pick_answer
-from complexitynet.route import Decision, PayingRule, decide, parse_model
 from complexitynet.serve.batcher import SUB_BATCH, MicroBatcher, Predict, PredictOne
+from complexitynet.serve.decide import Decision, PayingRule, decide, parse_model
 from complexitynet.serve.http1 import Client, Response
 from complexitynet.serve.metrics import Metrics
 from complexitynet.serve.upstream import Upstream, UpstreamFailed
@@ -63,7 +64,7 @@ class Plan:
 
 class Router:
     def __init__(self, ladder_name: str, ladder: list[ModelSpec], classes: list[str], predict: Predict,
-                 target: float | None, target_source: str, cfg: Serve, execute: Execute, sub_batch: int = SUB_BATCH,
+                 target: float | None, target_source: str, cfg: ServeParams, execute: ExecuteParams, sub_batch: int = SUB_BATCH,
                  inline: PredictOne | None = None, paying: PayingRule | None = None) -> None:
         self.ladder_name, self.ladder, self.classes = ladder_name, ladder, classes
         self.paying = paying  # the router that pays; None: the level classifier's target rule
@@ -195,3 +196,70 @@ def _content(data: dict[str, Any]) -> str:
         return str(data["choices"][0]["message"]["content"] or "")
     except (KeyError, IndexError, TypeError):
         return ""
+
+
+def build_router(params: Params, classifier: str | None = None, ladder: str | None = None):
+    """A Router for params.serve (classifier and ladder may be overridden; a classifier given here
+    overrides serve.router too), ready to be served."""
+    from complexitynet.route import (
+        FileClassifier,
+        check_levels,
+        default_target,
+        load_router_classifier,
+        serving_ladder,
+    )
+    from complexitynet.serve.batcher import SUB_BATCH
+
+    cfg = params.serve
+    name, rungs = serving_ladder(params, ladder, live=True)
+    if cfg.router is not None and classifier is None:  # the router that pays
+        from complexitynet.serve.classifiers import load_paying
+
+        paying = load_paying(cfg.router, name, rungs, cfg.torch_threads)
+        return Router(name, rungs, paying.spec.models, paying.predict_proba, None, f"lambda ({cfg.router})", cfg,
+                      params.execute, SUB_BATCH, None, paying)
+    source = classifier or cfg.classifier
+    clf = load_router_classifier(source, params.classes, cfg.torch_threads)
+    check_levels(clf.classes, name, rungs, source)
+    target, origin = default_target(cfg.target, Path(cfg.evaluate_metrics), cfg.fallback_target)
+    sub_batch = 0 if isinstance(clf, FileClassifier) else SUB_BATCH  # bag-of-words baselines do not pad
+    inline = clf.inline if isinstance(clf, FileClassifier) else None
+    return Router(name, rungs, clf.classes, clf.predict_proba, target, origin, cfg, params.execute, sub_batch, inline)
+
+
+def explain(params: Params, prompt: str, classifier: str | None = None, ladder: str | None = None,
+            target: float | None = None, verified: bool = False, as_json: bool = False) -> str:
+    """`complexitynet serve --explain PROMPT`: the decision the service would make for one prompt, and
+    why (the serving ladder need not be live: nothing is sent)."""
+    import json
+
+    from complexitynet.serve.classifiers import load_paying, load_router_classifier
+    from complexitynet.serve.decide import check_levels, decide, default_target, serving_ladder
+
+    cfg = params.serve
+    name, rungs = serving_ladder(params, ladder, live=False)
+    if cfg.router is not None and classifier is None and target is None:  # the router that pays
+        paying = load_paying(cfg.router, name, rungs, cfg.torch_threads)
+        decision = paying.decide(paying.predict_proba([prompt])[0], rungs, verified=verified)
+        if as_json:
+            return json.dumps({**decision.as_dict(), "router": cfg.router, "ladder": name}, indent=2)
+        return "\n".join([
+            "P(success):      " + ", ".join(f"{m} {p:.3f}" for m, p in decision.success.items()),
+            f"lambda:          {decision.lam:g} ({'verified cascade' if verified else 'prompt only'}, {cfg.router})",
+            f"chosen model:    {decision.model} (ladder {name})",
+            f"why:             {decision.explain(rungs)}"])
+    source = classifier or cfg.classifier
+    clf = load_router_classifier(source, params.classes, cfg.torch_threads)
+    check_levels(clf.classes, name, rungs, source)
+    target, origin = (target, "--target") if target is not None else \
+        default_target(cfg.target, Path(cfg.evaluate_metrics), cfg.fallback_target)
+    decision = decide(clf.predict_proba([prompt])[0], rungs, clf.classes, target)
+    if as_json:
+        return json.dumps({**decision.as_dict(), "target_source": origin, "ladder": name}, indent=2)
+    return "\n".join([
+        f"predicted level: {decision.level}",
+        "probabilities:   " + ", ".join(f"{c} {p:.3f}" for c, p in decision.probs.items()),
+        "P(success):      " + ", ".join(f"{m} {p:.3f}" for m, p in decision.success.items()),
+        f"target:          {target:g} ({origin})",
+        f"chosen model:    {decision.model} (ladder {name})",
+        f"why:             {decision.explain(rungs)}"])

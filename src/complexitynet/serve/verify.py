@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from complexitynet.config import Execute, ServeVerify
+from complexitynet.config import ExecuteParams, VerifyParams
 from complexitynet.extract import extract_code
 from complexitynet.sandbox.harness import Outcome
 from complexitynet.schemas import Tests
@@ -57,7 +57,7 @@ def parse_tests(extension: Any) -> TestSpec | None:
 class Verifier:
     """A lazily started SandboxPool; `judge` runs one answer's code against a TestSpec."""
 
-    def __init__(self, cfg: ServeVerify, execute: Execute) -> None:
+    def __init__(self, cfg: VerifyParams, execute: ExecuteParams) -> None:
         self.cfg, self.execute = cfg, execute
         self.executor = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="verify")
         self._pool: Any = None

@@ -22,7 +22,7 @@ import numpy as np
 
 from complexitynet import heads as H
 from complexitynet import policy as P
-from complexitynet import routing as R
+from complexitynet import scores as R
 from complexitynet.errors import DataError
 from complexitynet.schemas import Label, Sample, Truth, Verdict
 

@@ -22,7 +22,7 @@ from complexitynet.providers.base import Request, retry_after_s
 from complexitynet.providers.hf_local import HFLocalProvider
 from complexitynet.providers.openai_compat import OpenAIProvider
 from complexitynet.providers.recorded import RecordedProvider
-from complexitynet.sampling import (
+from complexitynet.live import (
     BACKOFF_CAP_S,
     RETRY_AFTER_CAP_S,
     Budget,

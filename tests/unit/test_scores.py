@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from complexitynet import routing as R
+from complexitynet import scores as R
 
 # 4 prompts, ladder of 3 models; quality = pass rate, cost in USD.
 QUALITY = np.array([[1.0, 1.0, 1.0],

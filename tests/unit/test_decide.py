@@ -12,7 +12,7 @@ import pytest
 
 from complexitynet.config import ModelSpec
 from complexitynet.errors import ConfigError, DataError
-from complexitynet.route import check_levels, decide, default_target, parse_model, prompt_text, serving_ladder
+from complexitynet.serve.decide import check_levels, decide, default_target, parse_model, prompt_text, serving_ladder
 from complexitynet.serve.batcher import MicroBatcher, Overloaded, sorted_predict
 from complexitynet.serve.verify import parse_tests
 
@@ -164,7 +164,7 @@ def test_an_inline_classifier_runs_in_the_event_loop_one_prompt_a_call():
 
 def test_decide_picks_what_routing_choose_picks():
     """decide() evaluates routing.choose's rule in plain Python for one row: the same rung, always."""
-    from complexitynet.routing import choose, success_probs
+    from complexitynet.scores import choose, success_probs
 
     rng = np.random.default_rng(0)
     rows = rng.dirichlet(np.ones(4), size=400)
@@ -180,8 +180,8 @@ def test_decide_picks_what_routing_choose_picks():
 def test_the_paying_rule_serves_the_decisions_evaluate_replays():
     """serve (route.PayingRule) and evaluate (policy.choose / policy.cascade) share one decision."""
     from complexitynet import policy as P
-    from complexitynet.route import PayingRule
-    from complexitynet.routers import RouterSpec
+    from complexitynet.serve.decide import PayingRule
+    from complexitynet.paying import RouterSpec
 
     spec = RouterSpec(["a", "b", "c"], "tfidf", [0.01, 0.1, 1.0], P.Rule(0.4, "largest", 0.1), 2.0,
                       P.Gate((1.0, -0.5, 2.0), -0.3), "text", {})
