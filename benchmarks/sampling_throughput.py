@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.fake_openai, tests.live_helpers
 
-from complexitynet.config import ModelSpec  # noqa: E402
+from complexitynet.config import parse_rung  # noqa: E402
 from complexitynet.config import SampleParams  # noqa: E402
 from complexitynet.sample import sample_ladder  # noqa: E402
 from tests.live_helpers import make_problems  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> int:
     try:
         assert server.stdout is not None
         base_url = server.stdout.readline().strip()
-        model = ModelSpec.model_validate({
+        model = parse_rung({
             "name": "bench", "provider": "openai", "price": {"input": 1.0, "output": 2.0},
             "openai": {"base_url": base_url, "model": "fake", "api_key_env": None,
                        "concurrency": args.concurrency, "params": {"max_tokens": 256, "seed": 1}},

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from complexitynet.cli import main
-from complexitynet.config import ModelSpec
+from complexitynet.config import parse_rung
 from complexitynet.providers.base import ProviderError, Request
 from complexitynet.providers.hf_local import HFLocalProvider
 from tests.live_helpers import metrics, rows, setup_workdir
@@ -43,7 +43,7 @@ def test_smollm2_generates_live_samples_then_reruns_from_the_cache(tmp_path, mon
 
 
 def test_hf_local_unloadable_weights_stop_the_run_naming_the_model(tmp_path):
-    spec = ModelSpec.model_validate({"name": "broken", "provider": "hf-local", "price": {"input": 0, "output": 0},
+    spec = parse_rung({"name": "broken", "provider": "hf-local", "price": {"input": 0, "output": 0},
                                      "hf_local": {"model": str(tmp_path), "device": "cpu"}})
     with pytest.raises(ProviderError, match=f"model 'broken': could not load {tmp_path}"):
         asyncio.run(HFLocalProvider(spec, tmp_path).complete([Request("MBPP/1", 0, "hi")]))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from complexitynet.errors import ConfigError
-from complexitynet.providers.recorded import RECORDED_SOURCES
+from complexitynet.sources import RECORDINGS
 from complexitynet.schemas import Dataset
 
 TEMPLATE_FIELDS = {"text", "tests", "entry_point"}
@@ -332,47 +332,51 @@ class HFLocalSpec(Section):
         return self
 
 
-PROVIDER_BLOCKS = {"recorded": "recorded", "openai": "openai", "hf-local": "hf_local"}
+class Rung(Section):
+    """What every ladder rung has; the provider's own settings are in its subclass's block."""
 
-
-class ModelSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # also the samples file name
-    provider: Literal["recorded", "openai", "hf-local"]
     price: Price
-    recorded: RecordedSpec | None = None
-    openai: OpenAISpec | None = None
-    hf_local: HFLocalSpec | None = None
+    live: ClassVar[bool] = True  # answers requests now (False: replays a recording)
+
+
+class RecordedRung(Rung):
+    provider: Literal["recorded"]
+    recorded: RecordedSpec
+    live: ClassVar[bool] = False
 
     @model_validator(mode="after")
-    def _provider_settings(self) -> ModelSpec:
-        block = PROVIDER_BLOCKS[self.provider]
-        if getattr(self, block) is None:
-            raise ValueError(f"provider '{self.provider}' needs a `{block}:` block")
-        others = [b for b in PROVIDER_BLOCKS.values() if b != block and getattr(self, b) is not None]
-        if others:
-            raise ValueError(f"provider '{self.provider}' reads the `{block}:` block; "
-                             f"remove `{others[0]}:` (or change `provider:`)")
-        if self.provider == "recorded":
-            spec = self.recorded
-            assert spec is not None
-            if spec.source == "jsonl":
-                if not spec.path:
-                    raise ValueError("recorded source 'jsonl' needs `path:` (the file to import)")
-            elif spec.source not in RECORDED_SOURCES:
-                raise ValueError(
-                    f"unknown recorded source '{spec.source}'; "
-                    f"available: {sorted(RECORDED_SOURCES) + ['jsonl']}"
-                )
-            elif spec.model not in RECORDED_SOURCES[spec.source].models:
-                raise ValueError(
-                    f"recorded source '{spec.source}' has no model '{spec.model}'; "
-                    f"available: {sorted(RECORDED_SOURCES[spec.source].models)}"
-                )
+    def _known_source(self) -> RecordedRung:
+        spec = self.recorded
+        if spec.source == "jsonl":
+            if not spec.path:
+                raise ValueError("recorded source 'jsonl' needs `path:` (the file to import)")
+        elif spec.source not in RECORDINGS:
+            raise ValueError(f"unknown recorded source '{spec.source}'; available: {sorted(RECORDINGS) + ['jsonl']}")
+        elif spec.model not in RECORDINGS[spec.source].models:
+            raise ValueError(f"recorded source '{spec.source}' has no model '{spec.model}'; "
+                             f"available: {sorted(RECORDINGS[spec.source].models)}")
         return self
 
-    @property
-    def live(self) -> bool:
-        return self.provider != "recorded"
+
+class OpenAIRung(Rung):
+    provider: Literal["openai"]
+    openai: OpenAISpec
+
+
+class HFLocalRung(Rung):
+    provider: Literal["hf-local"]
+    hf_local: HFLocalSpec
+
+
+# A ladder rung: `provider:` picks the class, and with it the one settings block it reads.
+ModelSpec = Annotated[RecordedRung | OpenAIRung | HFLocalRung, Field(discriminator="provider")]
+_RUNG = pydantic.TypeAdapter(ModelSpec)
+
+
+def parse_rung(data: dict) -> RecordedRung | OpenAIRung | HFLocalRung:
+    """One ladder rung from its params mapping (the class its `provider:` names)."""
+    return _RUNG.validate_python(data)
 
 
 class Params(Section):
@@ -401,9 +405,9 @@ class Params(Section):
             if dupes:
                 raise ValueError(f"ladders.{lname}: model names must be unique, repeated: {dupes}")
         for i, model in enumerate(self.ladders[name]):
-            spec = model.recorded
-            if spec and spec.source in RECORDED_SOURCES:
-                src_dataset = RECORDED_SOURCES[spec.source].dataset
+            spec = model.recorded if isinstance(model, RecordedRung) else None
+            if spec and spec.source in RECORDINGS:
+                src_dataset = RECORDINGS[spec.source].dataset
                 if src_dataset != self.base.dataset:
                     raise ValueError(
                         f"ladders.{name}.{i}: model '{model.name}' replays source '{spec.source}', "
@@ -456,10 +460,26 @@ def load_params(path: Path | str = "params.yaml", overrides: dict | None = None)
         raise ConfigError(f"{path}: invalid params:\n{format_validation_error(exc)}") from None
 
 
+PROVIDERS = ("recorded", "openai", "hf-local")
+
+
 def format_validation_error(exc: pydantic.ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = list(err["loc"])
+        # a rung's errors carry the union's tag after the index (ladders.x.0.openai.openai.model): drop it
+        if len(loc) > 3 and loc[0] == "ladders" and loc[3] in PROVIDERS:
+            del loc[3]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "union_tag_invalid":
+            err = {**err, "msg": f"provider must be one of {', '.join(PROVIDERS)}"}
+        elif err["type"] == "union_tag_not_found":
+            err = {**err, "msg": f"`provider:` is missing (one of {', '.join(PROVIDERS)})"}
+        elif err["type"] == "missing" and len(loc) == 4 and loc[3] in ("recorded", "openai", "hf_local"):
+            err = {**err, "msg": f"this provider needs a `{loc[3]}:` block"}
+        elif err["type"] == "extra_forbidden" and len(loc) == 4 and loc[3] in ("recorded", "openai", "hf_local"):
+            err = {**err, "type": "rung_block", "msg": f"not this provider's block: remove `{loc[3]}:` (or change "
+                                                      "`provider:`)"}
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and section)"

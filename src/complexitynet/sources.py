@@ -127,3 +127,43 @@ def source_path(sources_dir: Path, name: str) -> Path:
                         f"{name}; the file was changed after it was fetched. Delete it and run "
                         "`complexitynet fetch` to get the pinned file back")
     return path
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A built-in recorded source: which dataset its completions answer, its models (name -> the
+    file key in FILES and the field the file's adapter reads), and the adapter's format (the reader
+    in providers/recorded.py)."""
+
+    dataset: str
+    models: dict[str, tuple[str, str]]
+    format: str
+
+
+_ADAPTIVE_OPEN = [
+    "CodeLlama-7b-Instruct-hf", "Codestral-22B-v0.1", "Qwen2.5-Coder-1.5B-Instruct",
+    "Qwen2.5-Coder-32B-Instruct", "Yi-Coder-1.5B-Chat", "deepseek-coder-33b-instruct",
+    "deepseek-coder-v2-lite-instruct", "starcoder2-15b-instruct-v0.1",
+]
+
+RECORDINGS: dict[str, Recording] = {
+    "complexitynet-mbpp": Recording(
+        dataset="mbpp",
+        models={
+            "codellama-7b-python": ("complexitynet-llama", "llama"),
+            "gpt-3.5-turbo-1106": ("complexitynet-gpt", "gpt3_5"),
+            "gpt-4-1106-preview": ("complexitynet-gpt", "gpt4"),
+        },
+        format="complexitynet",
+    ),
+    "adaptivellm-humaneval": Recording(
+        dataset="humaneval",
+        models={
+            "gpt-3.5-turbo": ("adaptivellm-gpt3.5", ""),
+            "gpt-4o": ("adaptivellm-gpt4o", ""),
+            **{name: (f"adaptivellm-{name.lower()}", "") for name in _ADAPTIVE_OPEN},
+        },
+        format="adaptivellm",
+    ),
+}
+

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from complexitynet.config import ModelSpec
+from complexitynet.config import OpenAIRung
 from complexitynet.errors import ConfigError, DataError
 from complexitynet.serve.decide import check_levels, decide, default_target, parse_model, prompt_text, serving_ladder
 from complexitynet.serve.batcher import MicroBatcher, Overloaded, sorted_predict
@@ -19,8 +19,8 @@ from complexitynet.serve.verify import parse_tests
 CLASSES = ["a", "b", "c", "none"]
 
 
-def ladder() -> list[ModelSpec]:
-    return [ModelSpec(name=n, provider="openai", openai={"model": n}, price={"input": p, "output": 2 * p})
+def ladder() -> list[OpenAIRung]:
+    return [OpenAIRung(name=n, provider="openai", openai={"model": n}, price={"input": p, "output": 2 * p})
             for n, p in (("a", 0.1), ("b", 1.0), ("c", 10.0))]
 
 

@@ -10,12 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import get_args
 
 import pytest
 import yaml
 
-from complexitynet.config import ModelSpec, Price, load_params
+from complexitynet import config
+from complexitynet.config import Price, load_params, parse_rung
 from complexitynet.errors import ConfigError, DataError
 from complexitynet.providers import PROVIDERS, make_provider
 from complexitynet.providers.base import Request, retry_after_s
@@ -38,8 +38,8 @@ from tests.live_helpers import make_problems
 REPO = Path(__file__).resolve().parents[2]
 
 
-def openai_spec(**block: object) -> ModelSpec:
-    return ModelSpec.model_validate({"name": "m", "provider": "openai", "price": {"input": 1, "output": 2},
+def openai_spec(**block: object) -> config.OpenAIRung:
+    return parse_rung({"name": "m", "provider": "openai", "price": {"input": 1, "output": 2},
                                      "openai": {"model": "gpt-x", **block}})
 
 
@@ -130,7 +130,7 @@ def test_latency_summary_percentiles_and_truncations():
 
 
 def test_registry_matches_the_config_and_lists_choices():
-    assert set(PROVIDERS) == set(get_args(ModelSpec.model_fields["provider"].annotation))
+    assert set(PROVIDERS) == set(config.PROVIDERS)
     assert isinstance(make_provider(openai_spec(), Path(".")), OpenAIProvider)
     spec = openai_spec().model_copy(update={"provider": "vertex"})
     with pytest.raises(ConfigError, match=r"unknown provider 'vertex'; available: \['hf-local', 'openai', 'recorded'\]"):
@@ -154,9 +154,10 @@ def write_params(tmp_path: Path, rung: dict) -> Path:
 
 
 @pytest.mark.parametrize("rung, message", [
-    ({"provider": "openai"}, "ladders.live.0: provider 'openai' needs a `openai:` block"),
+    ({"provider": "openai"}, "ladders.live.0.openai: this provider needs a `openai:` block"),
     ({"provider": "openai", "openai": {"model": "x"}, "hf_local": {"package": "p"}},
-     "provider 'openai' reads the `openai:` block; remove `hf_local:`"),
+     "ladders.live.0.hf_local: not this provider's block: remove `hf_local:`"),
+    ({"provider": "gpt", "openai": {"model": "x"}}, "ladders.live.0: provider must be one of recorded, openai, hf-local"),
     ({"provider": "openai", "openai": {"model": "x", "params": {"temprature": 1}}},
      "ladders.live.0.openai.params.temprature: unknown key"),
     ({"provider": "openai", "openai": {"model": "x", "api_key_env": "sk-123"}}, "ladders.live.0.openai.api_key_env"),
@@ -182,7 +183,7 @@ def test_example_live_ladders_in_params_are_valid_but_not_default():
 
 def test_hf_local_check_names_a_missing_package_or_gguf_file(tmp_path):
     def provider(**block: object) -> HFLocalProvider:
-        spec = ModelSpec.model_validate({"name": "m", "provider": "hf-local", "price": {"input": 0, "output": 0},
+        spec = parse_rung({"name": "m", "provider": "hf-local", "price": {"input": 0, "output": 0},
                                          "hf_local": block})
         return HFLocalProvider(spec, tmp_path)
 
@@ -197,7 +198,7 @@ def test_recorded_provider_fits_the_interface(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(json.dumps({"task_id": f"MBPP/{i}", "model": "mine", "trial": 0, "completion": f"c{i}"}) + "\n"
                             for i in (1, 2)))
-    spec = ModelSpec.model_validate({"name": "mine", "provider": "recorded", "price": {"input": 1, "output": 1},
+    spec = parse_rung({"name": "mine", "provider": "recorded", "price": {"input": 1, "output": 1},
                                      "recorded": {"source": "jsonl", "model": "mine", "path": str(path)}})
     provider = make_provider(spec, tmp_path)
     assert isinstance(provider, RecordedProvider) and not provider.live

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from complexitynet.config import ModelSpec, Price
+from complexitynet.config import Price, parse_rung
 from complexitynet.errors import DataError
 from complexitynet.prepare import read_problems
 from complexitynet.sample import cost_usd, estimate_tokens, sample_recorded
@@ -15,7 +15,7 @@ def mbpp_problems(sources_dir, params):
 
 
 def model(name="m", source="complexitynet-mbpp", source_model="gpt-4-1106-preview", path=None):
-    return ModelSpec.model_validate({
+    return parse_rung({
         "name": name, "provider": "recorded", "price": {"input": 10, "output": 30},
         "recorded": {"source": source, "model": source_model, "path": path},
     })

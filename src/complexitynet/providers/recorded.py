@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,24 +19,17 @@ import pydantic
 from complexitynet.errors import DataError
 from complexitynet.io import iter_json_lines
 from complexitynet.providers.base import Provider, RawCompletion, Request
-from complexitynet.sources import source_path
+from complexitynet.sources import RECORDINGS, source_path
 
 if TYPE_CHECKING:
     from complexitynet.schemas import Problem
 
-__all__ = ["RECORDED_SOURCES", "RawCompletion", "RecordedProvider", "RecordedSource", "read_generic"]
+__all__ = ["READERS", "RawCompletion", "RecordedProvider", "read_generic"]
 
 
 Reader = Callable[[Path, str], Iterator[RawCompletion]]
 IMPORTS = Path("imports")  # where users' own completion files live: a DVC dependency of `sample`
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RecordedSource:
-    dataset: str
-    models: dict[str, tuple[str, str]]  # model name -> (file key in sources.FILES, adapter's field)
-    reader: Reader
 
 
 def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, lineno: int) -> Any:
@@ -137,32 +129,7 @@ def read_generic(path: Path, model: str) -> Iterator[RawCompletion]:
             )
 
 
-_ADAPTIVE_OPEN = [
-    "CodeLlama-7b-Instruct-hf", "Codestral-22B-v0.1", "Qwen2.5-Coder-1.5B-Instruct",
-    "Qwen2.5-Coder-32B-Instruct", "Yi-Coder-1.5B-Chat", "deepseek-coder-33b-instruct",
-    "deepseek-coder-v2-lite-instruct", "starcoder2-15b-instruct-v0.1",
-]
-
-RECORDED_SOURCES: dict[str, RecordedSource] = {
-    "complexitynet-mbpp": RecordedSource(
-        dataset="mbpp",
-        models={
-            "codellama-7b-python": ("complexitynet-llama", "llama"),
-            "gpt-3.5-turbo-1106": ("complexitynet-gpt", "gpt3_5"),
-            "gpt-4-1106-preview": ("complexitynet-gpt", "gpt4"),
-        },
-        reader=read_complexitynet,
-    ),
-    "adaptivellm-humaneval": RecordedSource(
-        dataset="humaneval",
-        models={
-            "gpt-3.5-turbo": ("adaptivellm-gpt3.5", ""),
-            "gpt-4o": ("adaptivellm-gpt4o", ""),
-            **{name: (f"adaptivellm-{name.lower()}", "") for name in _ADAPTIVE_OPEN},
-        },
-        reader=read_adaptivellm,
-    ),
-}
+READERS: dict[str, Reader] = {"complexitynet": read_complexitynet, "adaptivellm": read_adaptivellm}
 
 
 class RecordedProvider(Provider):
@@ -178,10 +145,10 @@ class RecordedProvider(Provider):
             path = Path(spec.path or "")
             warn_outside_imports(path, "sample")
             return path, read_generic(path, spec.model)
-        source = RECORDED_SOURCES[spec.source]
-        file_key, field = source.models[spec.model]
+        recording = RECORDINGS[spec.source]
+        file_key, field = recording.models[spec.model]
         path = source_path(self.sources_dir, file_key)
-        return path, source.reader(path, field)
+        return path, READERS[recording.format](path, field)
 
     def task_ids(self) -> set[str]:
         """The prompts this recording has at least one completion for."""
