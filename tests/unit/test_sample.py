@@ -83,3 +83,34 @@ def test_generic_jsonl_errors(tmp_path, mbpp_problems, rows, message):
     path = write_generic(tmp_path, rows)
     with pytest.raises(DataError, match=message):
         sample_recorded(model(source="jsonl", source_model="mine", path=path), mbpp_problems, tmp_path, 3.4)
+
+
+@pytest.mark.parametrize("reader, row, message", [
+    ("read_complexitynet", {"task_id": "2", "method2_gpt4_output": "x", "method2_gpt4_success": True},
+     r"bad.jsonl:1: field 'task_id': Input should be a valid integer \(the file is not in the ComplexityNet"),
+    ("read_complexitynet", {"task_id": 2, "method2_gpt4_output": "x", "method2_gpt4_success": 1},
+     r"bad.jsonl:1: field 'method2_gpt4_success': Input should be a valid boolean"),
+    ("read_complexitynet", {"task_id": 2, "method2_gpt4_success": True}, r"field 'method2_gpt4_output': Field required"),
+    ("read_adaptivellm", {"id": "HumanEval/0", "prompt": "p", "responses": ["a", "b"], "results": [True]},
+     r"bad.jsonl:1: field '\(the row\)': Value error, results has 1 entries for 2 responses"),
+    ("read_adaptivellm", {"id": "HumanEval/0", "prompt": "p", "response": ["a"], "response_tokens": [True]},
+     r"field 'response_tokens.0': Input should be a valid integer"),
+])
+def test_recorded_rows_are_validated_naming_file_line_and_field(tmp_path, reader, row, message):
+    from complexitynet.providers import recorded
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=message):
+        list(getattr(recorded, reader)(path, "gpt4"))
+
+
+def test_every_built_in_recording_reads(sources_dir):
+    from complexitynet.providers.recorded import READERS
+    from complexitynet.sources import RECORDINGS, source_path
+
+    total = 0
+    for recording in RECORDINGS.values():
+        for file_key, field in recording.models.values():
+            total += sum(1 for _ in READERS[recording.format](source_path(sources_dir, file_key), field))
+    assert total == 11120

@@ -9,6 +9,7 @@ one JSON object per line with `task_id` (str), `model` (str), `trial` (int >= 0)
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -32,67 +33,76 @@ IMPORTS = Path("imports")  # where users' own completion files live: a DVC depen
 log = logging.getLogger(__name__)
 
 
-def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: Path, lineno: int) -> Any:
-    if key not in obj:
-        raise DataError(f"{path}:{lineno}: missing field '{key}'; the file is not in the expected format")
-    value = obj[key]
-    # bool is an int subclass; an int field must not accept True/False.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DataError(f"{path}:{lineno}: field '{key}' should be {kind}, got {type(value).__name__}")
-    return value
+def _row(model: type[pydantic.BaseModel], obj: Any, path: Path, lineno: int) -> Any:
+    """One line of a recorded file, validated by `model`; a bad row is an error naming the file, the
+    line and the field."""
+    try:
+        return model.model_validate(obj)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(the row)"
+        raise DataError(f"{path}:{lineno}: field '{where}': {err['msg']} (the file is not in {model.__doc__})") from None
 
 
-def _list_of(obj: dict, key: str, kind: type, n: int, path: Path, lineno: int) -> list | None:
-    if key not in obj:
-        return None
-    value = _get(obj, key, list, path, lineno)
-    if len(value) != n or not all(isinstance(v, kind) and not (kind is int and isinstance(v, bool))
-                                  for v in value):
-        raise DataError(f"{path}:{lineno}: field '{key}' should be a list of {n} {kind.__name__}")
-    return value
+_STRICT = pydantic.ConfigDict(strict=True, extra="ignore")  # int is not bool, str is not a number
+
+
+@functools.cache
+def _complexitynet_row(field: str) -> type[pydantic.BaseModel]:
+    return pydantic.create_model(
+        f"ComplexityNetRow_{field}", __config__=_STRICT,
+        __doc__="the ComplexityNet repository's label.jsonl format",
+        task_id=(int, ...),
+        # The authors stored null where generation produced nothing (69 Code Llama rows); they scored
+        # those as failures, and so do we: an empty completion, which cannot pass.
+        **{f"method2_{field}_output": (str | None, ...), f"method2_{field}_success": (bool, ...)})
 
 
 def read_complexitynet(path: Path, field: str) -> Iterator[RawCompletion]:
     """The ComplexityNet paper's MBPP runs: `method2_<field>_output` and a boolean `_success` flag."""
+    model = _complexitynet_row(field)
     for lineno, obj in iter_json_lines(path):
-        task = _get(obj, "task_id", int, path, lineno)
-        # The authors stored null where generation produced nothing (69 Code Llama rows); they
-        # scored those as failures, and so do we: an empty completion, which cannot pass.
-        output = _get(obj, f"method2_{field}_output", (str, type(None)), path, lineno)
-        yield RawCompletion(
-            task_id=f"MBPP/{task}",
-            trial=0,
-            completion=output or "",
-            source_pass=_get(obj, f"method2_{field}_success", bool, path, lineno),
-        )
+        row = _row(model, obj, path, lineno)
+        yield RawCompletion(task_id=f"MBPP/{row.task_id}", trial=0,
+                            completion=getattr(row, f"method2_{field}_output") or "",
+                            source_pass=getattr(row, f"method2_{field}_success"))
+
+
+class AdaptiveLLMRow(pydantic.BaseModel):
+    """AdaptiveLLM's results format"""
+
+    model_config = _STRICT
+    id: str
+    prompt: str
+    responses: list[str] = pydantic.Field(validation_alias=pydantic.AliasChoices("responses", "response"))
+    results: list[bool] | None = None
+    output_tokens: list[int] | None = pydantic.Field(
+        None, validation_alias=pydantic.AliasChoices("output_token_counts", "response_tokens"))
+    input_token_count: int | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_per_response(self) -> AdaptiveLLMRow:
+        for name in ("results", "output_tokens"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.responses):
+                raise ValueError(f"{name} has {len(value)} entries for {len(self.responses)} responses")
+        return self
 
 
 def read_adaptivellm(path: Path, _field: str) -> Iterator[RawCompletion]:
     """AdaptiveLLM's HumanEval runs: five responses per problem, token counts where recorded."""
     for lineno, obj in iter_json_lines(path):
-        key = "responses" if "responses" in obj else "response"
-        responses = _get(obj, key, list, path, lineno)
-        n = len(responses)
-        texts = _list_of(obj, key, str, n, path, lineno) or []
-        results = _list_of(obj, "results", bool, n, path, lineno)
-        out_key = "output_token_counts" if "output_token_counts" in obj else "response_tokens"
-        out_tokens = _list_of(obj, out_key, int, n, path, lineno)
-        in_tokens = _get(obj, "input_token_count", int, path, lineno) if "input_token_count" in obj else None
-        task_id = _get(obj, "id", str, path, lineno)
-        prompt = _get(obj, "prompt", str, path, lineno)
-        for trial, text in enumerate(texts):
+        row = _row(AdaptiveLLMRow, obj, path, lineno)
+        for trial, text in enumerate(row.responses):
             yield RawCompletion(
-                task_id=task_id,
-                trial=trial,
-                completion=text,
-                prompt_tokens=in_tokens,
-                completion_tokens=out_tokens[trial] if out_tokens else None,
-                source_pass=results[trial] if results else None,
-                source_prompt=prompt,
-            )
+                task_id=row.id, trial=trial, completion=text, prompt_tokens=row.input_token_count,
+                completion_tokens=row.output_tokens[trial] if row.output_tokens else None,
+                source_pass=row.results[trial] if row.results else None, source_prompt=row.prompt)
 
 
 class GenericCompletion(pydantic.BaseModel):
+    """the generic import format (docs/configuration.md, "Bring your own models")"""
+
     model_config = pydantic.ConfigDict(extra="forbid")
     task_id: str
     model: str
@@ -115,12 +125,7 @@ def read_generic(path: Path, model: str) -> Iterator[RawCompletion]:
     if not path.exists():
         raise DataError(f"{path}: recorded completions file not found (ladder `recorded.path`)")
     for lineno, obj in iter_json_lines(path):
-        try:
-            row = GenericCompletion.model_validate(obj)
-        except pydantic.ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise DataError(f"{path}:{lineno}: field '{where}': {err['msg']} (see the generic format)") from None
+        row = _row(GenericCompletion, obj, path, lineno)
         if row.model == model:
             yield RawCompletion(
                 task_id=row.task_id, trial=row.trial, completion=row.completion,
