@@ -52,3 +52,52 @@ def tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != ".gitignore" and "cache" not in p.relative_to(root).parts}
+
+
+STAGES = ("fetch", "prepare", "sample", "execute", "label", "train", "evaluate")
+
+
+def code_closure(stage: str, src: Path = REPO / "src") -> set[str]:
+    """Every module of the package that `complexitynet.<stage>` imports, directly or not (imports
+    inside functions too), as repository-relative file paths: the code that shapes the stage's
+    outputs, which dvc.yaml must list as the stage's dependencies."""
+    import ast
+
+    def module_file(mod: str) -> Path | None:
+        path = src / Path(*mod.split("."))
+        if (path / "__init__.py").exists():
+            return path / "__init__.py"
+        return path.with_suffix(".py") if path.with_suffix(".py").exists() else None
+
+    seen: set[str] = set()
+    todo = [f"complexitynet.{stage}"]
+    while todo:
+        mod = todo.pop()
+        file = module_file(mod)
+        if file is None or mod in seen:
+            continue
+        seen.add(mod)
+        parts = mod.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages run their __init__
+        package = mod if file.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("complexitynet")]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + [base] * bool(base))
+                if base.startswith("complexitynet"):
+                    todo += [base] + [f"{base}.{a.name}" for a in node.names]
+    return {str(module_file(m).relative_to(src.parent)) for m in seen}
+
+
+def dvc_code_deps(stage: str, dvc_yaml: Path = REPO / "dvc.yaml") -> set[str]:
+    """The package files dvc.yaml lists for `stage` (a listed directory stands for its .py files)."""
+    deps = yaml.safe_load(dvc_yaml.read_text())["stages"][stage]["deps"]
+    out: set[str] = set()
+    for dep in deps:
+        if dep.startswith("src/"):
+            path = dvc_yaml.parent / dep
+            out |= ({str(p.relative_to(dvc_yaml.parent)) for p in path.rglob("*.py")} if path.is_dir() else {dep})
+    return out

@@ -7,11 +7,10 @@ import sys
 import pytest
 import yaml
 
-from tests.project import make_project, run, tree_digest
+from tests.project import STAGES, code_closure, make_project, run, tree_digest
 
 # The whole DAG, twice over (MBPP, then the HumanEval switch): minutes, not seconds.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
-STAGES = ("fetch", "prepare", "sample", "execute", "label", "train", "evaluate")
 
 
 @pytest.fixture()
@@ -43,6 +42,21 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     assert {r.data.params["policy"] for r in by_kind["policy"]} >= {"cascade", "cascade:every_rung", "router:tfidf"}
     assert all({"test_margin_over_hull", "test_margin_over_hull_lo", "test_pass_rate"} <= set(r.data.metrics)
                for r in by_kind["policy"])
+
+    # Editing a module of the package makes `dvc status` name exactly the stages whose code imports it.
+    closures = {stage: code_closure(stage) for stage in STAGES}
+    shared = sorted({f for c in closures.values() for f in c if sum(f in c2 for c2 in closures.values()) > 1})
+    for module in shared:
+        path = root / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited\n")
+        try:
+            status = json.loads(run([*dvc, "status", "--json"], root, env).strip().splitlines()[-1])
+        finally:
+            path.write_bytes(original)
+        changed = {stage for stage, entries in status.items() for e in entries if isinstance(e, dict)
+                   for dep in e.get("changed deps", {}) if module == dep or module.startswith(dep + "/")}
+        assert changed == {stage for stage, c in closures.items() if module in c}, module
 
     again = run([*dvc, "repro"], root, env)
     assert "Running stage" not in again
