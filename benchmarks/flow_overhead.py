@@ -38,7 +38,7 @@ STAGES = ("fetch", "prepare", "sample", "execute", "label", "train", "evaluate")
 def mirror() -> Path:
     path = Path(os.environ.get("COMPLEXITYNET_MIRROR", REPO.parent / "shared" / "data"))
     if not (path / "mbpp" / "mbpp.jsonl").exists():
-        sys.exit(f"{path}: no public data mirror here; set COMPLEXITYNET_MIRROR (see README, Data sources)")
+        sys.exit(f"{path}: no public data mirror here; set COMPLEXITYNET_MIRROR (see docs/data-contracts.md, Data sources)")
     return path
 
 

@@ -9,7 +9,7 @@ run ends by recording the new data version in DVC (`dvc commit`, plus `dvc push`
 is configured).
 
     python flows/pipeline.py                      # once, on an ephemeral Prefect server
-    prefect deploy --name nightly                 # a scheduled deployment (prefect.yaml; see README)
+    prefect deploy --name nightly                 # a scheduled deployment (prefect.yaml; see docs/orchestration.md)
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def mirror_dir() -> Path | None:
 def mirror() -> Path:
     path = mirror_dir()
     if path is None:
-        pytest.skip("needs the public data mirror: set COMPLEXITYNET_MIRROR (see README, Data sources)")
+        pytest.skip("needs the public data mirror: set COMPLEXITYNET_MIRROR (see docs/data-contracts.md, Data sources)")
     return path
 
 

@@ -133,6 +133,29 @@ def load_classifier(path: Path, on: str | None = None) -> Classifier:
     return Classifier(model, AutoTokenizer.from_pretrained(str(path)), classes, meta["max_length"], meta)
 
 
+def load_baseline(path: Path, classes: list[str], name: str | None = None,
+                  fix: str = "rerun `complexitynet train`") -> Any:
+    """A baseline classifier file `train` wrote (.joblib), checked: readable, with predict_proba(texts),
+    one probability column per level in `classes`. `name` is how errors call the file, `fix` what
+    they suggest. A .joblib file is a pickle: load only files you trust (the train stage's own)."""
+    import joblib
+
+    name = name or str(path)
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # noqa: BLE001 - unpickling fails in many ways; all mean "not a readable model"
+        raise DataError(f"{name}: cannot read it as a joblib model ({type(exc).__name__}: {exc}); rerun "
+                        f"`complexitynet train` to rewrite it, or {fix}") from None
+    if not callable(getattr(model, "predict_proba", None)):
+        raise DataError(f"{name}: the {type(model).__name__} in it has no predict_proba(texts); {fix}")
+    columns = model.predict_proba(["probe"]).shape[-1]
+    if columns != len(classes):
+        raise DataError(f"{name}: predicts {columns} levels, but the training ladder (base.ladder) names "
+                        f"{len(classes)} ({', '.join(classes)}); set base.ladder to the ladder it was trained on, "
+                        "or retrain it (complexitynet train)")
+    return model
+
+
 @functools.lru_cache(maxsize=4)
 def _encoder(path: str):
     """A frozen encoder and its tokenizer, loaded once per process (not once per call to `embed`)."""

@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("sandbox-image", help="build the Docker sandbox image if the engine lacks it").set_defaults(
         func=cmd_sandbox_image)
     q = sub.add_parser("serve", help="serve the OpenAI-compatible router, or --explain one prompt's routing "
-                       "(see README, Router service)")
+                       "(see docs/router.md)")
     q.add_argument("--host", help="override serve.host")
     q.add_argument("--port", type=int, help="override serve.port")
     q.add_argument("--workers", type=int, help="override serve.workers (router processes sharing the port)")

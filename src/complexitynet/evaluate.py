@@ -18,7 +18,7 @@ import numpy as np
 
 from complexitynet import policy as P
 from complexitynet import scores as R
-from complexitynet.classifier import quiet_libraries
+from complexitynet.classifier import load_baseline, quiet_libraries
 from complexitynet.config import RouterCostParams
 from complexitynet.errors import DataError
 from complexitynet.paths import load_samples
@@ -205,7 +205,7 @@ def reference_info(fit_quality: np.ndarray, models: list[str]) -> dict[str, Any]
 def evaluate(ts: TestSet, probs: dict[str, np.ndarray], target: float, targets: np.ndarray, overhead: float,
              rounds: int, seed: int, reference: dict[str, Any], source_flags: dict[str, Any] | None = None
              ) -> dict[str, Any]:
-    """Every number of the evaluation (see the module docstring and README, "Evaluation");
+    """Every number of the evaluation (see the module docstring and docs/evaluation.md);
     `reference` is `reference_info` of the train + validation prompts."""
     router = probs["router"]
     choices = R.choose(router, target)
@@ -408,7 +408,6 @@ def write_plots(result: dict[str, Any], ts: TestSet, router_probs: np.ndarray, c
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     quiet_libraries()
-    import joblib
     import numpy as np
 
     from complexitynet.classifier import load_classifier
@@ -428,7 +427,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     clf = load_classifier(paths.classifier)
     probs = {"router": clf.predict_proba(ts.texts)}
     for path in sorted(paths.baselines.glob("*.joblib")):
-        probs[path.stem] = joblib.load(path).predict_proba(ts.texts)
+        probs[path.stem] = load_baseline(path, params.classes).predict_proba(ts.texts)
     flags = {}
     if paths.execute_metrics.exists():
         flags = {m: {k: v for k, v in m_metrics["source_flags"].items() if k != "examples"}

@@ -1,4 +1,4 @@
-"""Record types of every data file the stages exchange (see docs in README, "Data contracts").
+"""Record types of every data file the stages exchange (docs/data-contracts.md).
 
 Records are validated on read: a file that does not match its schema stops the stage with the
 file, line and field named. Each file is sorted by its key (`task_key`, then `trial`).

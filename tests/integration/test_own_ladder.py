@@ -1,4 +1,4 @@
-"""Bring your own ladder, as the README's "Bring your own models" walks through it, through `dvc repro`:
+"""Bring your own ladder, as docs/configuration.md, "Bring your own models", walks through it, through `dvc repro`:
 1. a ladder imported in the generic JSONL format whose outputs cover only MBPP's test and validation
    prompts stops at `sample`, before any code runs, with an error naming the split and the fix, and
    registers nothing; with `prepare.split.method: outputs` it trains a router and writes a report;

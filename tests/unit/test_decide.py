@@ -163,7 +163,7 @@ def test_an_inline_classifier_runs_in_the_event_loop_one_prompt_a_call():
 
 
 def test_decide_picks_what_routing_choose_picks():
-    """decide() evaluates routing.choose's rule in plain Python for one row: the same rung, always."""
+    """decide() evaluates scores.choose's rule in plain Python for one row: the same rung, always."""
     from complexitynet.scores import choose, success_probs
 
     rng = np.random.default_rng(0)

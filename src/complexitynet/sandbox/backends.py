@@ -418,7 +418,7 @@ def resolve_backend(name: str) -> str:
         return "docker"
     if shutil.which("bwrap") is None:
         raise SandboxError("no sandbox available: no Docker engine answers and bwrap is not installed "
-                           "(see README, Sandbox)")
+                           "(see docs/sandbox.md)")
     return "bwrap"
 
 

@@ -181,23 +181,13 @@ def _load_lora(path: Path, threads: int) -> LevelClassifier:
 
 
 def _load_joblib(path: Path, source: str, classes: list[str], fix: str) -> FileClassifier:
-    import joblib
+    from complexitynet.classifier import load_baseline
 
     try:
-        model = joblib.load(path)
-    except Exception as exc:  # noqa: BLE001 - unpickling fails in many ways; all mean "not a readable model"
-        raise ConfigError(f"serve.classifier '{source}': cannot read it as a joblib model ({type(exc).__name__}: "
-                          f"{exc}); rerun `complexitynet train` to rewrite it, or {fix}") from None
-    if not callable(getattr(model, "predict_proba", None)):
-        raise ConfigError(f"serve.classifier '{source}': the {type(model).__name__} in it has no predict_proba(texts); "
-                          f"{fix}")
-    clf = FileClassifier(model, classes, _fast_path(model, source))
-    columns = clf.predict_proba(["probe"]).shape[-1]
-    if columns != len(classes):
-        raise ConfigError(f"serve.classifier '{source}': predicts {columns} levels, but the training ladder "
-                          f"(base.ladder) names {len(classes)} ({', '.join(classes)}); set base.ladder to the "
-                          "ladder it was trained on, or retrain it (complexitynet train)")
-    return clf
+        model = load_baseline(path, classes, f"serve.classifier '{source}'", fix)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    return FileClassifier(model, classes, _fast_path(model, source))
 
 
 def _fast_path(model: Any, source: str) -> SparseLinear | None:
