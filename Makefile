@@ -27,13 +27,23 @@ venv: $(VENV)/.installed
 sandbox: venv
 	PY=$(PY) bash sandbox/setup.sh
 
-# Main job: the whole pipeline on the embedded default (recorded completions; no API key, no network).
+# Main job: the whole pipeline on the embedded default (recorded completions; no API key, no network),
+# then every output pushed to the DVC remote, so any committed dvc.lock can be restored later
+# (`git checkout <rev> -- dvc.lock && dvc pull`). Without a remote of your own, a local one under
+# your cache directory is set up (in .dvc/config.local); DVC_REMOTE=<dir or URL> picks another.
+DVC_REMOTE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/complexitynet/dvc-remote
 run: sandbox
 	dvc repro
+	dvc remote default >/dev/null 2>&1 || dvc remote add --local --default local "$(DVC_REMOTE)"
+	dvc push
 
 # The same pipeline as a Prefect flow, once, on an ephemeral Prefect server (see docs/orchestration.md).
+# The ephemeral Prefect server needs ~20 s to start on a busy 2-core machine: more than Prefect's
+# default startup timeout, so it gets 120 s (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS).
 flow: sandbox
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) flows/pipeline.py
+	PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=$${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120} \
+	$(PY) flows/pipeline.py
 
 test: sandbox
 	$(PY) -m pytest

@@ -37,4 +37,4 @@ def rows(path: str | Path) -> list[dict]:
 
 
 def metrics(model: str) -> dict:
-    return json.loads(Path("metrics/sample.json").read_text())["models"][model]
+    return json.loads(Path("reports/sample.json").read_text())["models"][model]

@@ -32,13 +32,13 @@ def test_pipeline_commands_write_outputs_and_rerun_byte_identical(workdir):
     assert len(Path("data/problems.jsonl").read_text().splitlines()) == 974
     assert sorted(p.name for p in Path("data/samples").iterdir()) == [
         "codellama-7b-python.jsonl", "gpt-3.5-turbo-1106.jsonl", "gpt-4-1106-preview.jsonl"]
-    metrics = json.loads(Path("metrics/sample.json").read_text())
+    metrics = json.loads(Path("reports/sample.json").read_text())
     assert metrics["models"]["gpt-4-1106-preview"]["missing_task_ids"] == ["MBPP/440"]
-    first = digest(workdir / "data") | digest(workdir / "metrics")
+    first = digest(workdir / "data") | digest(workdir / "metrics") | digest(workdir / "reports")
     shutil.rmtree("data/samples")
     Path("data/problems.jsonl").unlink()
     assert main(["prepare"]) == 0 and main(["sample"]) == 0
-    assert digest(workdir / "data") | digest(workdir / "metrics") == first
+    assert digest(workdir / "data") | digest(workdir / "metrics") | digest(workdir / "reports") == first
 
 
 def test_humaneval_switch(workdir):

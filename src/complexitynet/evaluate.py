@@ -164,6 +164,21 @@ def trials_question(ts: TestSet, probs: np.ndarray) -> dict[str, Any]:
             "route_by_label": {k: {"pass_rate": v.quality, "cost_usd": v.cost} for k, v in follow.items()}}
 
 
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers of metrics/evaluate.json (DVC compares them across commits and experiments;
+    `complexitynet serve` reads `target`): the chosen router that pays, the verified cascade, each
+    level classifier's accuracy; the detail is reports/evaluate.json and the report."""
+    pay = result["paying"]["policies"]
+    chosen = result["paying"]["chosen"]
+
+    def policy(p: dict[str, Any]) -> dict[str, float]:
+        return {k: p[k]["value"] for k in ("pass_rate", "cost_vs_largest", "margin_over_hull")}
+
+    return {"n_test": result["n_test"], "target": result["target"], "reference": result["reference"]["model"],
+            "router": {"candidate": chosen, **policy(pay[f"router:{chosen}"])}, "cascade": policy(pay["cascade"]),
+            "classifiers": {name: s["accuracy"]["value"] for name, s in result["classifier"].items()}}
+
+
 def router_costs(cfg: RouterCostParams, table: Path, names: list[str]) -> dict[str, Any]:
     """What routing one prompt costs with each classifier in `names` (success-model candidates, and
     `classifier` for the LoRA level classifier): CPU seconds per prompt x `cfg.usd_per_cpu_hour`.
@@ -380,7 +395,7 @@ def confusion(ts: TestSet, probs: np.ndarray) -> np.ndarray:
 
 def write_plots(result: dict[str, Any], ts: TestSet, router_probs: np.ndarray, classes: list[str],
                 plots_dir: Path, title: str) -> None:
-    from complexitynet.plots import confusion_png, frontier_png
+    from complexitynet.plots import confusion_png, frontier_png, write_csv
 
     largest = result["largest"]["cost_usd"]
     curves_xy = {name: [(pt["cost_usd"] / largest, pt["pass_rate"]) for pt in c["curve"]]
@@ -400,6 +415,8 @@ def write_plots(result: dict[str, Any], ts: TestSet, router_probs: np.ndarray, c
     xs = np.geomspace(ladder[:, 0].min(), 1.0, 200)  # mixing is linear in cost: a curve on the log axis
     hull = list(zip(xs.tolist(), R.hull(np.r_[0.0, ladder[:, 0]], np.r_[0.0, ladder[:, 1]])(xs).tolist()))
     frontier_png(curves_xy, points, plots_dir / "frontier.png", title, hull)
+    write_csv(plots_dir / "policies.csv", ["policy", "cost_vs_largest", "pass_rate"],
+              [(name, round(x, 6), round(y, 6)) for name, (x, y) in sorted(points.items())])
     confusion_png(confusion(ts, router_probs), classes, plots_dir / "confusion.png",
                   f"{title}: router classifier on the test split (n={len(ts.task_ids)})")
 
@@ -412,7 +429,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     from complexitynet.classifier import load_classifier
     from complexitynet.config import ROUTER_CPU_FILE
-    from complexitynet.io import atomic_write, read_jsonl, write_json
+    from complexitynet.io import atomic_write, read_jsonl, write_metrics
     from complexitynet.paying import load_router
     from complexitynet.report import render
     from complexitynet.schemas import Label, Problem, Verdict
@@ -429,9 +446,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     for path in sorted(paths.baselines.glob("*.joblib")):
         probs[path.stem] = load_baseline(path, params.classes).predict_proba(ts.texts)
     flags = {}
-    if paths.execute_metrics.exists():
+    if paths.execute_report.exists():
         flags = {m: {k: v for k, v in m_metrics["source_flags"].items() if k != "examples"}
-                 for m, m_metrics in json.loads(paths.execute_metrics.read_text())["models"].items()}
+                 for m, m_metrics in json.loads(paths.execute_report.read_text())["models"].items()}
     targets = np.round(np.arange(0.0, 1.0 + 1e-9, cfg.sweep_step), 6)
     target = cfg.target
     if target is None:  # choose the operating point on validation prompts, never on test
@@ -463,7 +480,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
         result["cross_validation"] = cross_validate(problems, labels, len(models) + 1, params.train,
                                                     params.base.seed, cfg.cv_folds)
-    write_json(paths.evaluate_metrics, result)
+    write_metrics(paths.evaluate_report, paths.evaluate_metrics, result, headline(result))
     title = f"{params.base.dataset} / ladder {params.ladder_name}"
     write_plots(result, ts, probs["router"], clf.classes, paths.plots, title)
     rule = f"{params.label.rule}, k={params.label.k[params.base.dataset]}, threshold {params.label.threshold:g}"
@@ -526,7 +543,7 @@ def _log_evaluation(params: Params, result: dict, paths: Paths) -> None:
             numbers.update({f"{model}_{suite}_pass_rate": own[suite]["pass_rate"] for suite in ("visible", "hidden")
                             if own[suite]["pass_rate"] is not None})
         mlflow.log_metrics(numbers)
-        for path in (paths.plots / "frontier.png", paths.plots / "confusion.png", paths.report, paths.evaluate_metrics):
+        for path in (paths.plots / "frontier.png", paths.plots / "confusion.png", paths.report, paths.evaluate_report):
             mlflow.log_artifact(str(path))
     for name, policy in result["paying"]["policies"].items():  # one run per policy: the compare view's rows
         with mlflow.start_run(run_name=f"policy-{name}", tags={**tags, "kind": "policy", "policy_kind": policy["kind"]}):

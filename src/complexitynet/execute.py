@@ -266,7 +266,7 @@ def summarize(samples: list[Sample], verdicts: list[Verdict]) -> dict[str, Any]:
 # --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
 
 def write_outputs(params: Params, paths: Paths, samples: dict, verdicts: dict, backend: str) -> None:
-    from complexitynet.io import write_json, write_jsonl
+    from complexitynet.io import write_jsonl, write_metrics
     from complexitynet.schemas import verdict_key
 
     paths.verdicts.mkdir(parents=True, exist_ok=True)
@@ -276,7 +276,10 @@ def write_outputs(params: Params, paths: Paths, samples: dict, verdicts: dict, b
         if stale.stem not in verdicts:
             stale.unlink()
     metrics = {name: summarize(samples[name], verdicts[name]) for name in verdicts}
-    write_json(paths.execute_metrics, {"ladder": params.ladder_name, "backend": backend, "models": metrics})
+    write_metrics(paths.execute_report, paths.execute_metrics,
+                  {"ladder": params.ladder_name, "backend": backend, "models": metrics},
+                  {"models": {name: {"hidden_pass_rate": m["hidden"]["pass_rate"], "visible_pass_rate": m["visible"]["pass_rate"],
+                                     "source_agreement": m["source_flags"]["agreement"]} for name, m in metrics.items()}})
     for name, m in metrics.items():
         flags = m["source_flags"]
         log.info("execute: %-28s pass rate hidden %.3f, visible %s %s; %d pass visible but fail hidden; "

@@ -279,3 +279,11 @@ def dump_joblib(model: Any, path: Path) -> None:
 def progress_bars() -> bool:
     """Progress bars on an interactive terminal, never in CI logs."""
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def write_metrics(report: Path, metrics: Path, detail: Any, headline: Any) -> None:
+    """A stage's numbers: the detail in reports/<stage>.json, the few headline numbers `dvc metrics
+    show`, `dvc metrics diff` and `dvc exp show` compare in metrics/<stage>.json."""
+    write_json(report, detail)
+    write_json(metrics, headline)
+

@@ -162,7 +162,7 @@ def check_trainable(labels: list[Label], ladder: list[str], max_missing: int, fo
 # --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
 
 def run(params: Params, paths: Paths) -> None:
-    from complexitynet.io import read_jsonl, write_json, write_jsonl
+    from complexitynet.io import read_jsonl, write_jsonl, write_metrics
     from complexitynet.schemas import Problem, Verdict, label_key
 
     ladder = [m.name for m in params.ladder]
@@ -174,8 +174,11 @@ def run(params: Params, paths: Paths) -> None:
     check_trainable(labels, ladder, cfg.max_missing, params.train.router.folds)  # before any long work
     write_jsonl(paths.labels, labels, key=label_key)
     dist = distribution(labels, ladder)
-    write_json(paths.label_metrics, {"ladder": params.ladder_name, "k": k, "rule": cfg.rule, "truth": cfg.truth,
-                                     "threshold": cfg.threshold, **dist})
+    write_metrics(paths.label_report, paths.label_metrics,
+                  {"ladder": params.ladder_name, "k": k, "rule": cfg.rule, "truth": cfg.truth, "threshold": cfg.threshold,
+                   **dist},
+                  {"splits": {split: {"n": d["n"], "flagged": d["flagged"], **d["label"]}
+                              for split, d in dist["splits"].items() if split != "unused"}})
     for split, d in dist["splits"].items():
         log.info("label: %-10s n=%-4d %s (1-trial agrees %.2f, flagged %d)", split, d["n"], d["label"],
                  d["first_trial_agrees"], d["flagged"])

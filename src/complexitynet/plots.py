@@ -1,4 +1,4 @@
-"""PNG figures shared by train and evaluate (matplotlib, headless)."""
+"""PNG figures shared by train and evaluate (matplotlib, headless), and the data behind `dvc plots`."""
 
 from __future__ import annotations
 
@@ -69,3 +69,14 @@ def frontier_png(curves: dict[str, list[tuple[float, float]]], points: dict[str,
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png")
     plt.close(fig)
+
+
+def write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    """A small table for `dvc plots show` / `dvc plots diff` (dvc.yaml's top-level `plots`)."""
+    import csv
+
+    with atomic_write(path) as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+

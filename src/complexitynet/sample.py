@@ -221,7 +221,7 @@ def sample_models(params: Params, paths: Paths, models: list[ModelSpec], problem
 
 def write_outputs(params: Params, paths: Paths, problems: dict, runs: list) -> None:
     """data/samples/<model>.jsonl and metrics/sample.json from one or more LadderRuns."""
-    from complexitynet.io import write_json
+    from complexitynet.io import write_metrics
     from complexitynet.label import check_outputs
 
     samples = {name: rows for run in runs for name, rows in run.samples.items()}
@@ -234,7 +234,9 @@ def write_outputs(params: Params, paths: Paths, problems: dict, runs: list) -> N
             metrics[name].update(run.live_metrics[name], run={
                 "requests_sent": stats.sent, "cache_hits": stats.cached, "retries": stats.retries,
                 "cost_usd": round(stats.spent_usd, 6)})
-    write_json(paths.sample_metrics, {"ladder": params.ladder_name, "models": metrics})
+    write_metrics(paths.sample_report, paths.sample_metrics, {"ladder": params.ladder_name, "models": metrics},
+                  {"models": {name: {k: m[k] for k in ("samples", "missing_tasks", "cost_usd")}
+                              for name, m in metrics.items()}})
     for name, m in metrics.items():
         log.info("sample: %-28s %5d samples over %d tasks (%d missing), %d+%d tokens, $%.4f%s", name,
                  m["samples"], m["tasks"], m["missing_tasks"], m["prompt_tokens"], m["completion_tokens"],

@@ -363,7 +363,7 @@ def train_router(problems: list[Problem], labels: list[Label], samples: dict, ve
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     quiet_libraries()
-    from complexitynet.io import read_jsonl, write_json
+    from complexitynet.io import read_jsonl, write_metrics
     from complexitynet.label import check_trainable
     from complexitynet.schemas import Label, Problem, Verdict
     from complexitynet.tracking import provenance_tags
@@ -383,7 +383,12 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     run_id = metrics["models"]["lora"].pop("run_id")
     for row in metrics["history"]:
         row.pop("train_seconds")
-    write_json(paths.train_metrics, metrics)
+    router = metrics["router"]
+    write_metrics(paths.train_report, paths.train_metrics, metrics, {
+        "classifiers": {name: {"val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+                        for name, m in metrics["models"].items()},
+        "router": {"candidate": router["candidate"], "cv_margin": router["candidates"][router["candidate"]]["routing_margin"],
+                   "cascade_lam": router["cascade_lam"]}})
     for name, m in metrics["models"].items():
         log.info("train: %-12s validation accuracy %.3f  macro-F1 %.3f  within-one %.3f", name, m["accuracy"],
                  m["macro_f1"], m["within_one"])

@@ -25,11 +25,11 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     assert (root / "data/problems.jsonl").exists() and (root / "metrics/sample.json").exists()
-    execute = json.loads((root / "metrics/execute.json").read_text())["models"]
+    execute = json.loads((root / "reports/execute.json").read_text())["models"]
     # MBPP/6: GPT-4's completion equals the reference, yet the paper's harness flagged it as failed.
     assert "MBPP/6#0" in execute["gpt-4-1106-preview"]["source_flags"]["examples"]["ours_pass_source_fail"]
     assert sum(execute["gpt-4-1106-preview"]["hidden"]["status"].values()) == 973
-    first = tree_digest(root / "data") | tree_digest(root / "metrics")
+    first = tree_digest(root / "data") | tree_digest(root / "metrics") | tree_digest(root / "reports")
     # MLflow: every success-model candidate and every policy is a run with the same metric names
     import mlflow
 
@@ -68,7 +68,7 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     assert "Data and pipelines are up to date" in run([*dvc, "status"], root, env)
 
     run([*dvc, "repro", "--force"], root, env)  # verdicts come from the cache: same bytes
-    assert tree_digest(root / "data") | tree_digest(root / "metrics") == first
+    assert tree_digest(root / "data") | tree_digest(root / "metrics") | tree_digest(root / "reports") == first
 
     # A params change reruns only what depends on it.
     params = (root / "params.yaml").read_text().replace("chars_per_token: 3.4", "chars_per_token: 4.0")
@@ -95,7 +95,7 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([*dvc, "repro"], root, env)
     assert len((root / "data/problems.jsonl").read_text().splitlines()) == 164
-    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    evaluation = json.loads((root / "reports/evaluate.json").read_text())
     assert evaluation["n_test"] == 33 and evaluation["models"] == ["codellama-7b-instruct", "gpt-3.5-turbo", "gpt-4o"]
     assert "# ComplexityNet evaluation: humaneval" in (root / "reports/report.md").read_text()
     study = evaluation["paying"]["trials_study"]  # k = 1..5 trials, measured

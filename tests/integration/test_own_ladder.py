@@ -70,7 +70,7 @@ def test_own_ladders_through_dvc_repro(tmp_path, mirror):
     # 589 prompts have outputs of every rung: the GPT recordings have none for MBPP/440
     assert splits["unused"] == 974 - 589 and (splits["train"], splits["validation"], splits["test"]) == (353, 118, 118)
     assert (root / "models/router/router.json").exists() and (root / "reports/report.md").exists()
-    flags = json.loads((root / "metrics/execute.json").read_text())["models"]["open-2"]["source_flags"]
+    flags = json.loads((root / "reports/execute.json").read_text())["models"]["open-2"]["source_flags"]
     assert flags["compared"] > 500  # the import's own pass flags are compared with our verdicts
     assert len(registered_versions(env)) == 1
 
@@ -81,7 +81,7 @@ def test_own_ladders_through_dvc_repro(tmp_path, mirror):
     set_params(root, lambda p: (p["ladders"].update(inverted=inverted), p["base"].update(ladder="inverted"),
                                 p["prepare"]["split"].update(method="dataset")))
     run([*dvc, "repro"], root, env)
-    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    evaluation = json.loads((root / "reports/evaluate.json").read_text())
     assert evaluation["reference"]["model"] == "gpt-4" and not evaluation["reference"]["monotone"]
     assert evaluation["policies"]["always:gpt-4"]["pgr"] == pytest.approx(1.0)
     report = (root / "reports/report.md").read_text()

@@ -66,7 +66,7 @@ def test_execute_writes_verdicts_metrics_and_reuses_the_cache(workdir, caplog):
     assert [(v["trial"], v["hidden"]["status"], v["hidden"]["tests_passed"]) for v in verdicts] == [
         (0, "pass", 3), (1, "fail", 0), (2, "error", 0), (3, "timeout", 0)]
     assert "SyntaxError" in verdicts[2]["hidden"]["detail"] and verdicts[2]["visible"] == verdicts[2]["hidden"]
-    metrics = json.loads(Path("metrics/execute.json").read_text())["models"]["mine"]
+    metrics = json.loads(Path("reports/execute.json").read_text())["models"]["mine"]
     assert metrics["hidden"]["status"]["pass"] == 1 and metrics["source_flags"]["no_source_flag"] == 4
     first = Path("data/verdicts/mine.jsonl").read_bytes()
     caplog.clear()
