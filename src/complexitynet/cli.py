@@ -37,6 +37,26 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# What each path option is (the stage reads or writes it; defaults: the DVC layout in paths.py).
+PATH_HELP = {
+    "sources": "directory of the verified public source files",
+    "problems": "problems file (JSONL; prepare writes it)",
+    "samples": "directory of one samples file per model (sample writes them)",
+    "sample_cache": "cache of live answers, by request key (a rerun sends nothing twice)",
+    "verdicts": "directory of one verdicts file per model (execute writes them)",
+    "verdict_cache": "cache of sandbox verdicts, by content (a killed run resumes)",
+    "labels": "labels file (JSONL; label writes it)",
+    "classifier": "LoRA level classifier directory (train writes it)",
+    "baselines": "directory of the baseline classifiers (.joblib)",
+    **{f"{stage}_metrics": f"{stage}'s headline numbers (JSON; DVC metrics)"
+       for stage in ("sample", "execute", "label", "train", "evaluate")},
+    **{f"{stage}_report": f"{stage}'s detailed numbers (JSON)" for stage in ("sample", "execute", "label", "train",
+                                                                            "evaluate")},
+    "plots": "directory of the figures and plot data",
+    "report": "the evaluation report (Markdown)",
+}
+
+
 def run_stage(params: Params, args: argparse.Namespace) -> None:
     import importlib
 
@@ -67,14 +87,15 @@ def cmd_serve(params: Params, args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="complexitynet", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log lines")
     sub = parser.add_subparsers(dest="stage", required=True)
     defaults = Paths()
     for name, (help_text, path_names) in STAGES.items():
         p = sub.add_parser(name, help=help_text)
         for path_name in path_names:
-            p.add_argument(f"--{path_name.replace('_', '-')}", type=Path, default=getattr(defaults, path_name))
+            p.add_argument(f"--{path_name.replace('_', '-')}", type=Path, default=getattr(defaults, path_name),
+                           help=f"{PATH_HELP[path_name]} (default: %(default)s)")
         p.set_defaults(func=run_stage)
     sub.choices["execute"].add_argument("--backend", choices=["auto", "docker", "bwrap"],
                                         help="override params execute.backend")

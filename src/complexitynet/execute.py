@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from complexitynet.errors import DataError
-from complexitynet.io import AppendLog, progress_bars
+from complexitynet.io import AppendLog, progress
 from complexitynet.paths import load_problems, load_samples
 from complexitynet.sandbox.backends import HASH_SEED
 from complexitynet.sandbox.harness import Outcome
@@ -160,9 +159,11 @@ def plan(samples: dict[str, list[Sample]], problems: dict[str, Problem], fingerp
 
 
 def run_jobs(pool: SandboxPool, jobs: Iterable[Job], total: int = 0,
-             progress: bool = False) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
-    """((model, key), result record) for each job, as each finishes."""
-    for key, outcome, seconds in _progress(pool.map(jobs), total, progress):
+             show_progress: bool = False) -> Iterator[tuple[tuple[str, str], dict[str, Any]]]:
+    """((model, key), result record) for each job, as each finishes (with `show_progress`: a bar on a
+    terminal, a line every 30 s in a log)."""
+    results = progress(pool.map(jobs), total, "execute", "run") if show_progress else pool.map(jobs)
+    for key, outcome, seconds in results:
         producer = {"sandbox": pool.backend.sandbox, "python": pool.python, "hash_seed": HASH_SEED}
         yield key, outcome_record(outcome, seconds, producer)  # type: ignore[misc]
 
@@ -192,11 +193,11 @@ def _result(record: dict[str, Any] | None) -> Result | None:
 
 
 def execute(samples: dict[str, list[Sample]], problems: dict[str, Problem], pool: SandboxPool,
-            fingerprint: str, cache_dir: Path | None, progress: bool = False) -> dict[str, list[Verdict]]:
+            fingerprint: str, cache_dir: Path | None, show_progress: bool = False) -> dict[str, list[Verdict]]:
     """Verdicts for every sample of every model (models run through one shared pool)."""
     todo = plan(samples, problems, fingerprint, cache_dir)
     try:
-        for (model, key), record in run_jobs(pool, todo.todo.values(), len(todo.todo), progress):
+        for (model, key), record in run_jobs(pool, todo.todo.values(), len(todo.todo), show_progress):
             todo.add(model, key, record)
     finally:
         todo.close()
@@ -207,14 +208,6 @@ def outcome_record(outcome: Outcome, seconds: float, producer: dict[str, Any]) -
     return {"status": outcome.status, "tests_passed": outcome.tests_passed, "tests_total": outcome.tests_total,
             "failed": list(outcome.failed), "duration_s": round(seconds, 4), "detail": outcome.detail,
             "produced_by": producer}
-
-
-def _progress(results: Iterable, total: int, enabled: bool) -> Iterable:
-    if not enabled or total == 0:
-        return results
-    from tqdm import tqdm
-
-    return tqdm(results, total=total, desc="execute", unit="run", file=sys.stderr)
 
 
 def compare_with_source(samples: list[Sample], verdicts: list[Verdict], examples: int = 10) -> dict[str, Any]:
@@ -295,7 +288,7 @@ def run(params: Params, paths: Paths, backend: str | None = None) -> None:
     log.info("execute: %s backend, %d workers", pool.backend.name, pool.workers)
     try:
         verdicts = execute(samples, load_problems(paths), pool, sandbox.fingerprint(),
-                              paths.verdict_cache if params.execute.cache else None, progress=progress_bars())
+                              paths.verdict_cache if params.execute.cache else None, show_progress=True)
     finally:
         pool.close()
     write_outputs(params, paths, samples, verdicts, pool.backend.name)

@@ -11,9 +11,11 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -23,6 +25,7 @@ import pydantic
 from complexitynet.errors import DataError
 
 T = TypeVar("T", bound=pydantic.BaseModel)
+Item = TypeVar("Item")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import: mkstemp's 0600 is replaced by the usual 0666 & ~umask
 
@@ -279,6 +282,31 @@ def dump_joblib(model: Any, path: Path) -> None:
 def progress_bars() -> bool:
     """Progress bars on an interactive terminal, never in CI logs."""
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def progress(items: Iterable[Item], total: int, desc: str, unit: str, every_s: float = 30.0) -> Iterator[Item]:
+    """`items`, reporting progress as they come: a tqdm bar on an interactive terminal; elsewhere (logs,
+    CI) a plain line every `every_s` seconds and at the end, with the rate and the time left."""
+    if total <= 0:
+        yield from items
+        return
+    if progress_bars():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr)
+        return
+    log = logging.getLogger("complexitynet")
+    start = last = time.monotonic()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= every_s or done == total:
+            last, rate = now, done / max(now - start, 1e-9)
+            left = f", ~{(total - done) / rate:.0f} s left" if done < total else ""
+            log.info("%s: %d/%d %ss (%.0f%%), %.0f s, %.1f %ss/s%s", desc, done, total, unit, 100 * done / total,
+                     now - start, rate, unit, left)
 
 
 def write_metrics(report: Path, metrics: Path, detail: Any, headline: Any) -> None:

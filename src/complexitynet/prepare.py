@@ -27,7 +27,7 @@ from complexitynet.config import SplitFractions, SplitParams
 from complexitynet.docstring_tests import docstring_asserts
 from complexitynet.errors import ConfigError, DataError
 from complexitynet.extract import parse_quietly
-from complexitynet.io import iter_json_lines, progress_bars
+from complexitynet.io import iter_json_lines, progress
 from complexitynet.mbppplus import BESPOKE, PlusProblem
 from complexitynet.sandbox import protocol as P
 from complexitynet.sandbox.harness import case_limits, opaque
@@ -184,7 +184,7 @@ def load_costs(path: Path) -> dict[int, tuple[float, dict[int, float]]]:
 
 
 def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: SandboxPool,
-                 progress: bool = False, costs: dict[int, tuple[float, dict[int, float]]] | None = None
+                 show_progress: bool = False, costs: dict[int, tuple[float, dict[int, float]]] | None = None
                  ) -> list[Problem]:
     """MBPP problems with MBPP+'s inputs as hidden tests, expected outputs from running MBPP+'s
     canonical solution in the sandbox, and each input's CPU limit sized from the canonical solution's
@@ -208,10 +208,8 @@ def add_mbppplus(problems: list[Problem], plus: dict[int, PlusProblem], pool: Sa
     jobs = [Job(task, plus[task].canonical, by_task[task].visible, plus[task].entry_point,
                 inputs=[P.encode(args) for args in plus[task].inputs]) for task in usable]
     results = pool.map(jobs)
-    if progress:
-        from tqdm import tqdm
-
-        results = tqdm(results, total=len(jobs), desc="prepare: MBPP+ expected outputs", unit="problem")
+    if show_progress:
+        results = progress(results, len(jobs), "prepare: MBPP+ expected outputs", "problem")
     for task, outcome, _ in results:
         problem, extra = by_task[task], plus[task]  # type: ignore[index]
         if outcome.status != "pass":
@@ -320,7 +318,7 @@ def split_assignment(task_ids: list[str], split: SplitParams, seed: int, covered
 
 
 def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: SplitFractions, seed: int,
-            pool: SandboxPool, use_mbppplus: bool = True, progress: bool = False) -> list[Problem]:
+            pool: SandboxPool, use_mbppplus: bool = True, show_progress: bool = False) -> list[Problem]:
     """All problems of `dataset` with visible and hidden tests (sorting happens on write). The pool
     runs reference solutions: MBPP+'s for expected outputs, HumanEval's against its docstring examples."""
     problems = read_problems(dataset, sources_dir, template, fractions, seed)
@@ -331,7 +329,7 @@ def prepare(dataset: Dataset, sources_dir: Path, template: str, fractions: Split
     from complexitynet.sandbox.image import REPO_SANDBOX
 
     costs = load_costs(Path(os.environ.get("COMPLEXITYNET_SANDBOX_DIR", REPO_SANDBOX)) / COSTS_FILE)
-    return add_mbppplus(problems, mbppplus.load(source_path(sources_dir, "mbppplus")), pool, progress, costs)
+    return add_mbppplus(problems, mbppplus.load(source_path(sources_dir, "mbppplus")), pool, show_progress, costs)
 
 
 # --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
@@ -356,7 +354,7 @@ def run(params: Params, paths: Paths) -> None:
     pool = SandboxConfig.from_params(params).open_pool()  # reference solutions run in the sandbox too
     try:
         problems = prepare(dataset, paths.sources, params.prepare.templates[dataset],
-                                    split.fractions, params.base.seed, pool, params.prepare.mbppplus, progress_bars())
+                                    split.fractions, params.base.seed, pool, params.prepare.mbppplus, show_progress=True)
     finally:
         pool.close()
     if assigned is not None:

@@ -109,3 +109,16 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 def test_cross_validation_needs_two_folds(tmp_path):
     assert "cv_folds: 0 (off) or at least 2" in error_for(tmp_path, lambda p: p["evaluate"].update(cv_folds=1))
+
+
+def test_every_command_line_option_says_what_it_is():
+    import argparse
+
+    from complexitynet.cli import build_parser
+
+    parser = build_parser()
+    commands = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                           for p in a.choices.values()]
+    missing = [f"{cmd.prog} {'/'.join(a.option_strings)}" for cmd in commands for a in cmd._actions
+               if a.option_strings and a.dest != "help" and not a.help]
+    assert missing == []

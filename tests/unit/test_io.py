@@ -107,3 +107,16 @@ def test_append_log_cuts_a_torn_tail_refuses_a_second_writer_and_drops_forged_re
     caplog.clear()
     AppendLog(path, "complexitynet test").close()
     assert caplog.text == ""  # the warning is not repeated
+
+
+def test_progress_in_a_log_is_a_plain_line_with_the_time_left(caplog, monkeypatch):
+    import logging
+
+    from complexitynet import io
+
+    monkeypatch.setattr(io, "progress_bars", lambda: False)
+    with caplog.at_level(logging.INFO, logger="complexitynet"):
+        assert list(io.progress(iter(range(4)), 4, "execute", "run", every_s=0.0)) == [0, 1, 2, 3]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4 and lines[0].startswith("execute: 1/4 runs (25%)") and "s left" in lines[0]
+    assert lines[-1].startswith("execute: 4/4 runs (100%)") and "left" not in lines[-1]
