@@ -173,7 +173,7 @@ def _raise_if_incomplete(run: LadderRun, budget: Budget, cache_dir: Path) -> Non
 
 
 def summarize(samples: list[Sample], problems: dict[str, Problem]) -> dict[str, Any]:
-    """Per-model totals for metrics/sample.json (prompts of the `unused` split are not missing)."""
+    """Per-model totals for reports/sample.json (prompts of the `unused` split are not missing)."""
     tasks = {s.task_id for s in samples}
     missing = sorted({t for t, p in problems.items() if p.split != "unused"} - tasks, key=task_key)
     return {
@@ -220,7 +220,7 @@ def sample_models(params: Params, paths: Paths, models: list[ModelSpec], problem
 
 
 def write_outputs(params: Params, paths: Paths, problems: dict, runs: list) -> None:
-    """data/samples/<model>.jsonl and metrics/sample.json from one or more LadderRuns."""
+    """data/samples/<model>.jsonl and metrics/ + reports/sample.json from one or more LadderRuns."""
     from complexitynet.io import write_metrics
     from complexitynet.label import check_outputs
 
