@@ -326,6 +326,7 @@ def trials_study(spec: RouterSpec, tv_texts: list[str], rec_tv: P.Recorded, te_t
     final = np.concatenate([rec_tv.labels(), rec_te.labels()])
     rows = []
     for k in range(1, trials + 1):
+        log.info("evaluate: trials study, k = %d of %d (refit `%s` by cross-validation)", k, trials, spec.candidate)
         sub = rec_tv.first(k)
         labels = np.concatenate([sub.labels(), rec_te.first(k).labels()])
         spec_k, fitted = select_router(tv_texts, sub.quality, sub, spec.models, cfg, train_cfg, seed)
@@ -441,6 +442,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     samples = load_samples(params, paths)
     problems, labels = read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label)
     ts = test_set(problems, labels, samples, models, params.train.input)
+    log.info("evaluate: %d test prompts; classifying them with the LoRA classifier and the baselines",
+             len(ts.task_ids))
     clf = load_classifier(paths.classifier)
     probs = {"router": clf.predict_proba(ts.texts)}
     for path in sorted(paths.baselines.glob("*.joblib")):
@@ -467,12 +470,15 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         log.warning("evaluate: the ladder is not monotone on train + validation (%s); pass-rate goals and PGR are "
                     "relative to its best single model, %s", "; ".join(f"{a} passes more than {b}" for a, b in
                                                                      reference["inversions"]), reference["model"])
+    log.info("evaluate: policies, target sweeps and %d bootstrap resamples", cfg.bootstrap)
     result = evaluate(ts, probs, target, targets, router_cost["usd_per_prompt"]["classifier"], cfg.bootstrap,
-                               params.base.seed, reference, flags)
+                      params.base.seed, reference, flags)
     result["router_cost"] = router_cost
     result["truth"] = params.label.truth
     verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
     result["suites"] = suites(problems, verdicts, "test", cfg.bootstrap, params.base.seed)
+    log.info("evaluate: the router that pays: %d success models, the cascades, their lambda sweeps",
+             len(spec.candidates))
     result["paying"] = _paying(params, paths, problems, labels, samples, verdicts, ts.task_ids, reference["index"],
                                router_cost["usd_per_prompt"])
     if cfg.cv_folds:
