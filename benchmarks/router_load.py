@@ -17,7 +17,8 @@ the router adds as a client sees it, with the router's queueing (classifier, eve
 Requests carry MBPP task statements (what the classifier was trained on), in order, starting over
 when all 974 have been sent (the router keeps no cache). A warm-up at the largest C runs first, and
 each client's connection is open before its clock starts (long-lived clients keep theirs). Target
-at C=32: p50 < 15 ms, p99 < 60 ms, zero errors.
+at C=32: p50 < 25 ms, p99 < 60 ms, zero errors. The router forwards with aiohttp's client
+(serve/upstream.py, trust_env=True), as it does in service.
 
 The client and the upstream are minimal HTTP/1.1 over asyncio (tens of microseconds a request, where
 an aiohttp client and server cost ~0.3 ms each): all three processes share the machine's two cores,
@@ -49,7 +50,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 MBPP = REPO.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
-TARGET_P50_MS, TARGET_P99_MS = 15.0, 60.0
+TARGET_P50_MS, TARGET_P99_MS = 25.0, 60.0  # issue #16's acceptance target at 32 clients
 
 
 def prompts() -> list[str]:
@@ -149,7 +150,8 @@ def router_params(tmp: Path, upstream: str, classifier: str) -> Path:
     raw["ladders"]["bench"] = [{"name": f"rung{i}", "provider": "openai", "price": {"input": 1, "output": 1},
                                 "openai": {"base_url": upstream, "model": f"m{i}", "api_key_env": None}}
                                for i in range(3)]
-    raw["serve"].update(ladder="bench", classifier=classifier,
+    # router=None: route with `classifier` (params.yaml's default is the router that pays, models/router)
+    raw["serve"].update(ladder="bench", router=None, classifier=classifier,
                         evaluate_metrics=str(REPO / "metrics" / "evaluate.json"))
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(raw))

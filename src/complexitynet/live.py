@@ -1,10 +1,11 @@
 """The sampling engine: live requests for every model at once, fast and safe to interrupt.
 
 Per model: at most `concurrency` calls in flight, request starts spaced for an `rpm` cap, a
-wall-clock timeout per call, and retries with exponential backoff and full jitter on 429, 5xx,
-timeouts, dropped connections and malformed answers (a server's Retry-After is honoured, and
-holds back the model's other requests too). Across models: one budget, reserved before each
-call at its worst case (prompt bound + max_tokens), so the run stops before exceeding it.
+wall-clock timeout per call, and retries with exponential backoff and full jitter on 408/425/429,
+5xx, timeouts, dropped connections and malformed answers (the policy is complexitynet.retry's; a
+server's Retry-After is honoured, and holds back the model's other requests too). Across models:
+one budget, reserved before each call at its worst case (prompt bound + max_tokens), so the run
+stops before exceeding it.
 
 Every answer is appended to a content-addressed log, data/cache/samples/<model>.jsonl, the moment
 it arrives (one write() per record; fsync batched in a thread). A SIGKILL at any moment loses
@@ -33,11 +34,10 @@ from complexitynet.config import Price
 from complexitynet.errors import ComplexityNetError
 from complexitynet.io import AppendLog
 from complexitynet.providers.base import LiveProvider, RawCompletion, Request, RequestError, RetryableError
+from complexitynet.retry import RETRY_AFTER_CAP_S, backoff_s
 
 log = logging.getLogger(__name__)
 
-BACKOFF_CAP_S = 60.0  # longest wait between two of our own retries
-RETRY_AFTER_CAP_S = 600.0  # longest wait a server's Retry-After can impose
 PROMPT_OVERHEAD_TOKENS = 64  # chat-template tokens around a prompt, for the budget's worst case
 
 
@@ -60,14 +60,6 @@ def worst_case_usd(price: Price, prompt: str, max_tokens: int) -> float:
     """An upper bound on one request's cost: a token per UTF-8 byte of prompt, and max_tokens out."""
     prompt_tokens = len(prompt.encode()) + PROMPT_OVERHEAD_TOKENS
     return (prompt_tokens * price.input + max_tokens * price.output) / 1e6
-
-
-def backoff_s(attempt: int, base_s: float, retry_after: float | None, rng: random.Random) -> float:
-    """Delay before retry `attempt` (0-based): full jitter over base*2^attempt, or the server's ask."""
-    ours = rng.uniform(0, min(BACKOFF_CAP_S, base_s * 2 ** attempt))
-    if retry_after is not None:
-        return min(RETRY_AFTER_CAP_S, retry_after) + ours * 0.1  # a little jitter so waiters do not stampede
-    return ours
 
 
 def sample_cache(path: Path) -> AppendLog:

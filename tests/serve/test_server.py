@@ -3,14 +3,19 @@ endpoints, metrics, bad input, overload and secrets. Upstreams are fake servers 
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import logging
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
+import aiohttp
 import openai
 import pytest
+from aiohttp import web
 
 from tests.fake_openai import FakeOpenAI
 from tests.serve.conftest import KEY_ENV, RUNGS, SECRET, RouterThread, router_params
@@ -93,7 +98,7 @@ def test_a_stream_the_upstream_breaks_off_breaks_for_the_caller(server, clean_fa
         for chunk in client.chat.completions.create(model="complexitynet:0", messages=PROMPT, stream=True):
             received.append(chunk)
     assert received and received[0].choices[0].delta.role == "assistant"  # the part that came through
-    assert "the stream from rung-small broke off (the upstream closed the connection in the middle" in caplog.text
+    assert "the stream from rung-small broke off (ClientPayloadError: Response payload is not completed" in caplog.text
     assert "unexpected error" not in caplog.text
     clean_fake.faults = None
     assert client.chat.completions.create(model="complexitynet:0", messages=PROMPT).choices[0].message.content
@@ -353,3 +358,122 @@ def test_the_classifier_reads_at_most_classify_max_chars_of_a_huge_prompt(server
         server.router.batcher.submit = submit
     assert status == 200 and decision["model"] in RUNGS
     assert seen == [server.router.cfg.classify_max_chars]
+
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "content-length"}
+
+
+class LoopbackProxy:
+    """A forward HTTP proxy on 127.0.0.1, in a thread of its own: it takes the absolute-URI requests
+    that clients send a proxy ("POST http://host:port/path HTTP/1.1"), forwards each, and relays the
+    answer as it arrives. `seen` lists each request's method and target."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="proxy")
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(f"{request.method} {request.raw_path}")
+        if not request.raw_path.startswith("http://"):
+            return web.Response(status=400, text="this proxy takes absolute URIs only")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with self._session.request(request.method, request.raw_path, headers=headers,
+                                          data=await request.read()) as answer:
+            out = web.StreamResponse(status=answer.status, headers={
+                k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP})
+            await out.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def _stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    def __enter__(self) -> LoopbackProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def direct_post(base_url: str, body: dict) -> tuple[int, bytes]:
+    """POST to the router with http.client, which never goes through a proxy (urllib and the openai
+    client would take HTTP_PROXY too)."""
+    host, port = urllib.parse.urlsplit(base_url).hostname, urllib.parse.urlsplit(base_url).port
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_an_upstream_is_reached_through_the_proxy_in_the_routers_environment(tiny_baseline, clean_fake, monkeypatch):
+    """HTTP_PROXY in the router's environment carries its upstream calls, plain and streamed (aiohttp's
+    trust_env); a host in NO_PROXY is called directly."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    with LoopbackProxy() as proxy, \
+            RouterThread(router_params(tiny_baseline, [(clean_fake.base_url, None)] * 3)) as srv:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        status, raw = direct_post(srv.base_url, {"model": "complexitynet:0", "messages": PROMPT})
+        assert status == 200, raw
+        assert json.loads(raw)["choices"][0]["message"]["content"].startswith("Here you go:")
+        target = f"POST {clean_fake.base_url}/chat/completions"
+        assert proxy.seen == [target] and clean_fake.requests == 1
+        status, raw = direct_post(srv.base_url, {"model": "complexitynet:0", "messages": PROMPT, "stream": True})
+        assert status == 200 and raw.rstrip().endswith(b"data: [DONE]") and b"Here you go" in raw
+        assert proxy.seen == [target] * 2 and clean_fake.requests == 2
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        status, raw = direct_post(srv.base_url, {"model": "complexitynet:0", "messages": PROMPT})
+        assert status == 200 and proxy.seen == [target] * 2 and clean_fake.requests == 3
+
+
+def test_sse_relay_splits_events_across_any_chunking():
+    """sse.relay (what a streamed answer goes through on its way to the caller): events come out whole
+    and in order however the upstream's bytes were cut, CRLF line ends included (sse-starlette's
+    default), and the usage-only event reaches the caller only when asked for."""
+    from complexitynet.serve import sse
+
+    usage = b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    stream = b"data: a\r\n\r\ndata: b\r\n\r\n" + usage + b"\r\n\r\ndata: [DONE]\r\n\r\n"
+
+    async def relay(pieces: list[bytes], keep_usage: bool) -> tuple[list[bytes], dict | None]:
+        async def chunks():
+            for piece in pieces:
+                yield piece
+
+        out: list[bytes] = []
+
+        async def write(data: bytes) -> None:
+            out.append(data)
+
+        return out, await sse.relay(chunks(), write, keep_usage)
+
+    want = [b"data: a\n\n", b"data: b\n\n", usage + b"\n\n", sse.DONE]
+    for cut in range(1, len(stream)):  # every two-piece split, CRLFs straddling included
+        out, found = asyncio.run(relay([stream[:cut], stream[cut:]], keep_usage=True))
+        assert out == want and found == {"prompt_tokens": 3, "completion_tokens": 2}, cut
+    out, _ = asyncio.run(relay([stream[i:i + 1] for i in range(len(stream))], keep_usage=False))
+    assert out == [want[0], want[1], want[3]]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import random
 import subprocess
 import sys
 import time
@@ -18,16 +16,13 @@ from complexitynet import config
 from complexitynet.config import Price, load_params, parse_rung
 from complexitynet.errors import ConfigError, DataError
 from complexitynet.providers import PROVIDERS, make_provider
-from complexitynet.providers.base import Request, retry_after_s
+from complexitynet.providers.base import Request
 from complexitynet.providers.hf_local import HFLocalProvider
 from complexitynet.providers.openai_compat import OpenAIProvider
 from complexitynet.providers.recorded import RecordedProvider
 from complexitynet.live import (
-    BACKOFF_CAP_S,
-    RETRY_AFTER_CAP_S,
     Budget,
     Pacer,
-    backoff_s,
     latency_summary,
     request_key,
     sample_cache,
@@ -41,26 +36,6 @@ REPO = Path(__file__).resolve().parents[2]
 def openai_spec(**block: object) -> config.OpenAIRung:
     return parse_rung({"name": "m", "provider": "openai", "price": {"input": 1, "output": 2},
                                      "openai": {"model": "gpt-x", **block}})
-
-
-def test_retry_after_header_forms():
-    assert retry_after_s({"Retry-After": "2"}) == 2.0
-    assert retry_after_s({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-    now = time.time()
-    date = email.utils.formatdate(now + 10, usegmt=True)
-    assert retry_after_s({"retry-after": date}, now=now) == pytest.approx(10, abs=1)
-    assert retry_after_s({"retry-after": "-3"}) == 0.0
-    assert retry_after_s({"retry-after": "soon"}) is None and retry_after_s({}) is None
-
-
-def test_backoff_is_jittered_exponential_capped_and_honours_retry_after():
-    rng = random.Random(0)
-    for attempt in range(12):
-        delays = [backoff_s(attempt, 0.5, None, rng) for _ in range(200)]
-        bound = min(BACKOFF_CAP_S, 0.5 * 2 ** attempt)
-        assert 0 <= min(delays) and max(delays) <= bound and max(delays) > 0.8 * bound  # full jitter
-    assert 3.0 <= backoff_s(0, 0.5, 3.0, rng) <= 3.05
-    assert RETRY_AFTER_CAP_S <= backoff_s(0, 0.5, 10 * RETRY_AFTER_CAP_S, rng) <= RETRY_AFTER_CAP_S + 0.05
 
 
 def test_request_key_covers_model_endpoint_id_params_prompt_and_trial(monkeypatch):

@@ -8,8 +8,6 @@ the identity that, with the prompt and trial, addresses the cache.
 
 from __future__ import annotations
 
-import email.utils
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +46,8 @@ class Request:
 
 
 class RetryableError(Exception):
-    """A failure that may pass on retry: 429, 5xx, a timeout, a dropped connection."""
+    """A failure that may pass on retry (complexitynet.retry decides which: 408/425/429, 5xx, a timeout,
+    a dropped connection)."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
@@ -100,7 +99,7 @@ class LiveProvider(Provider):
     rpm: float | None = None  # requests-per-minute cap
     timeout_s: float | None = None  # wall clock of one call
     max_retries: int = 0
-    backoff_s: float = 1.0  # first retry delay, doubled per retry
+    backoff_s: float = 1.0  # first retry delay, doubled per retry (complexitynet.retry.backoff_s)
     batch_api: bool = False  # True: the engine submits through `submit_batch` / `collect_batch` instead
 
     @property
@@ -113,20 +112,3 @@ class LiveProvider(Provider):
         """What, besides the model's name, prompt and trial, decides the answer (endpoint, model id,
         params): the cache key is a hash of them. Never the API key."""
 
-
-def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds from a `retry-after-ms` or `retry-after` header (delta-seconds or an HTTP date)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    try:
-        if "retry-after-ms" in lower:
-            return max(0.0, float(lower["retry-after-ms"]) / 1000)
-        value = lower.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - (time.time() if now is None else now))
-    except (ValueError, TypeError, OverflowError):
-        return None  # unparseable: fall back to our own backoff

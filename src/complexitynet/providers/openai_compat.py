@@ -26,8 +26,8 @@ from complexitynet.providers.base import (
     Request,
     RequestError,
     RetryableError,
-    retry_after_s,
 )
+from complexitynet.retry import retry_after_s, transient_status
 
 if TYPE_CHECKING:
     from complexitynet.config import ModelSpec, RequestParams
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 BATCH_ENDED = {"completed", "failed", "expired", "cancelled"}
 NO_KEY = "not-needed"  # what the client sends to endpoints that take no key (api_key_env: null)
-RETRY_STATUSES = {408, 409, 429}  # and every 5xx, as the openai client itself would retry
 
 
 class OpenAIProvider(LiveProvider):
@@ -216,7 +215,7 @@ class OpenAIProvider(LiveProvider):
     def _status_error(self, exc: Any) -> Exception:
         status = exc.status_code
         where = f"model '{self.spec.name}' ({self.cfg.model} at {self.cfg.base_url})"
-        if status in RETRY_STATUSES or status >= 500:
+        if transient_status(status):
             return RetryableError(f"HTTP {status}", retry_after_s(exc.response.headers))
         if status in (401, 403):
             # The body may echo part of the key: it is not repeated here.

@@ -3,7 +3,7 @@
 Endpoints: POST /v1/chat/completions (streaming and not), GET /v1/models, POST /v1/route (the
 decision only), GET /health, GET /metrics (Prometheus). aiohttp serves it: its HTTP parser is C,
 while uvicorn here would run on h11, a pure-Python parser (uvloop/httptools are not in
-requirements.lock). Upstream calls go through serve/http1.py. Every error is an
+requirements.lock). Upstream calls go through aiohttp's client (serve/upstream.py). Every error is an
 OpenAI-style object `{"error": {"message", "type", "code", "param"}}`; overload is a 503 with
 Retry-After. Nothing here logs or returns request content or an API key.
 """
@@ -23,9 +23,8 @@ from complexitynet.sandbox.backends import SandboxError
 from complexitynet.serve import sse
 from complexitynet.serve.batcher import Overloaded
 from complexitynet.serve.decide import prompt_text
-from complexitynet.serve.http1 import HTTPError
 from complexitynet.serve.router import AllFailed, Attempt, Plan, Router, UnknownModel
-from complexitynet.serve.upstream import KeyMissing, UpstreamRejected
+from complexitynet.serve.upstream import KeyMissing, StreamBroken, UpstreamRejected
 from complexitynet.serve.verify import parse_tests
 
 log = logging.getLogger(__name__)
@@ -279,8 +278,8 @@ async def _relay(request: web.Request, router: Router, body: dict[str, Any], pla
                                       "Cache-Control": "no-cache"})
     try:
         await out.prepare(request)
-        usage = await sse.relay(up.redact_stream(resp.chunks(up.timeout_s)), out.write, keep_usage, up.secret)
-    except (HTTPError, TimeoutError) as exc:  # the upstream broke off (errors writing to the caller are OSErrors)
+        usage = await sse.relay(up.stream_body(resp), out.write, keep_usage, up.secret)
+    except (StreamBroken, TimeoutError) as exc:  # the upstream broke off (errors writing to the caller are OSErrors)
         # The caller has the first bytes, so no other rung can take over and no error object fits the
         # stream: the caller's connection ends short of the stream's last chunk, which its client
         # reports as a broken stream (the openai client: APIConnectionError).
@@ -295,7 +294,7 @@ async def _relay(request: web.Request, router: Router, body: dict[str, Any], pla
         log.info("serve: the client left a stream from %s before its end", up.name)
         return out
     finally:
-        resp.release()
+        resp.release()  # the connection back to the pool when the stream ended; closed otherwise
     router.metrics.usage(up.name, usage, up.spec.price.input, up.spec.price.output)
     await out.write_eof()
     return out

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import ClientResponse, ClientSession
+
 from complexitynet.config import ExecuteParams, ModelSpec, Params, ServeParams
 from complexitynet.policy import pick_answer
 from complexitynet.serve.batcher import SUB_BATCH, MicroBatcher, Predict, PredictOne
 from complexitynet.serve.decide import Decision, PayingRule, decide, parse_model
-from complexitynet.serve.http1 import Client, Response
 from complexitynet.serve.metrics import Metrics
-from complexitynet.serve.upstream import Upstream, UpstreamFailed
+from complexitynet.serve.upstream import Upstream, UpstreamFailed, open_session
 from complexitynet.serve.verify import TestSpec, Verifier
 
 
@@ -75,14 +76,14 @@ class Router:
                                     inline)
         self.verifier = Verifier(cfg.verify, execute)
         self.upstreams: list[Upstream] = []
-        self.client: Client | None = None
+        self.client: ClientSession | None = None
         self.in_flight = 0  # chat requests being served (the HTTP layer bounds it)
         self.work: set[asyncio.Future[Any]] = set()  # their work, which a drain can stop
         self.draining = False  # shutting down: new chat requests get 503
 
     async def start(self) -> None:
         """Open the upstream connection pool and the batcher (inside the serving event loop)."""
-        self.client = Client()
+        self.client = open_session(self.cfg)
         self.upstreams = [Upstream(spec, self.client, self.cfg.upstream_timeout_s, self.cfg.upstream_retries,
                                    self.cfg.backoff_s) for spec in self.ladder]
         self.batcher.start()
@@ -160,7 +161,7 @@ class Router:
             return Answer(best.data, best.upstream, tried)
         return last
 
-    async def open_stream(self, request: dict[str, Any], plan: Plan) -> tuple[Response, Upstream, list[Attempt]]:
+    async def open_stream(self, request: dict[str, Any], plan: Plan) -> tuple[ClientResponse, Upstream, list[Attempt]]:
         """An open upstream stream from the first rung that starts one (escalating before the first
         byte; once bytes flow to the caller the rung cannot change)."""
         tried: list[Attempt] = []
@@ -201,14 +202,8 @@ def _content(data: dict[str, Any]) -> str:
 def build_router(params: Params, classifier: str | None = None, ladder: str | None = None):
     """A Router for params.serve (classifier and ladder may be overridden; a classifier given here
     overrides serve.router too), ready to be served."""
-    from complexitynet.route import (
-        FileClassifier,
-        check_levels,
-        default_target,
-        load_router_classifier,
-        serving_ladder,
-    )
-    from complexitynet.serve.batcher import SUB_BATCH
+    from complexitynet.serve.classifiers import FileClassifier, load_router_classifier
+    from complexitynet.serve.decide import check_levels, default_target, serving_ladder
 
     cfg = params.serve
     name, rungs = serving_ladder(params, ladder, live=True)

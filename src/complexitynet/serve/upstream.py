@@ -1,36 +1,49 @@
 """Forwarding to one rung's Chat Completions endpoint, with retries.
 
-The router's own HTTP/1.1 client (serve/http1.py) is used, not the `openai` client: the router
-forwards the caller's request body as it is and passes the upstream bytes back, streaming
-included, where the `openai` client would parse and re-serialise every answer. The API key is read
-once from the variable the ladder names, sent only in the Authorization header, and removed from
-any upstream error body passed back.
+The calls go through aiohttp's client, one session per router process (`open_session`), created
+with `trust_env=True`: HTTP_PROXY / HTTPS_PROXY / NO_PROXY in the router's environment apply (and
+~/.netrc, as aiohttp reads it), so a router inside a company network reaches hosted APIs through
+its proxy; TLS is verified against the system's CA roots (SSL_CERT_FILE adds a company's own). The
+`openai` client is not used: the router forwards the caller's request body as it is and passes the
+upstream bytes back, streaming included, where the `openai` client would parse and re-serialise
+every answer. The API key is read once from the variable the ladder names, sent only in the
+Authorization header, and removed from any upstream error body passed back.
+
+Deadlines are asyncio's: a plain answer has one (`serve.upstream_timeout_s`) for the whole
+exchange; a stream has it for its head, then for each read of its body. A connection goes back to
+the pool when its response was read to the end, and is closed when one was given up half-way (a
+timeout, a stream the caller left). Which failures are retried, and the wait before each retry, are
+complexitynet.retry's; waits here are capped at MAX_WAIT_S: past that, the next rung is the better bet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
+from yarl import URL
 
-from complexitynet.config import ConfigError, ModelSpec
-from complexitynet.serve.http1 import Client, HTTPError, Response
+from complexitynet import retry
+from complexitynet.config import ConfigError, ModelSpec, ServeParams
 
-RETRY_STATUSES = {408, 409, 429}  # and every 5xx
-MAX_WAIT_S = 5.0  # longest pause between attempts: past that, the next rung is the better bet
+MAX_WAIT_S = 5.0  # longest pause between attempts
+MAX_BODY = 64 * 2**20  # bytes of a whole (non-streamed) answer
+# Streams arrive as the upstream sends them (identity); the User-Agent names the router
+HEADERS = {"User-Agent": "complexitynet-router", "Accept-Encoding": "identity"}
 
 
 class UpstreamFailed(Exception):
-    """The rung did not answer after its retries (timeouts, dropped connections, 408/429/5xx, junk)."""
+    """The rung did not answer after its retries (timeouts, dropped connections, 408/425/429/5xx, junk)."""
 
 
 class UpstreamRejected(Exception):
-    """The rung refused the request itself (a 4xx other than 408/409/429): the caller must see it."""
+    """The rung refused the request itself (a status that is not transient, such as 400 or 401): the
+    caller must see it."""
 
     def __init__(self, status: int, body: bytes, model: str = "") -> None:
         super().__init__(f"HTTP {status}")
@@ -41,10 +54,25 @@ class KeyMissing(Exception):
     """The rung's api_key_env variable is not set in the router's environment."""
 
 
+class StreamBroken(Exception):
+    """An upstream stream ended before its end (the connection broke, the framing or encoding did)."""
+
+
+def open_session(cfg: ServeParams) -> aiohttp.ClientSession:
+    """The router's upstream client (inside the serving event loop). Its pool holds up to
+    `serve.max_in_flight` connections, one per request being served, so no request waits for a
+    connection; idle ones are kept for reuse (aiohttp closes them after 15 s). No cookies are kept: one
+    caller's upstream cookies must not travel with another's request. Redirects are not followed."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=cfg.max_in_flight, limit_per_host=0),
+        trust_env=True, headers=HEADERS, cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None))  # the deadlines are ours (above)
+
+
 @dataclass
 class Upstream:
     spec: ModelSpec
-    client: Client
+    client: aiohttp.ClientSession
     timeout_s: float
     retries: int
     backoff_s: float
@@ -53,17 +81,15 @@ class Upstream:
     def __post_init__(self) -> None:
         assert self.spec.openai is not None  # serving_ladder() checked the provider
         self.cfg = self.spec.openai
-        self.url = self.cfg.base_url.rstrip("/") + "/chat/completions"
+        self.url = URL(self.cfg.base_url.rstrip("/") + "/chat/completions")
+        if self.url.scheme not in ("http", "https") or not self.url.host:
+            raise ConfigError(f"model '{self.spec.name}': openai.base_url '{self.cfg.base_url}' is not an http:// or "
+                              "https:// URL; give the endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
         env = self.cfg.api_key_env
         self._key = (os.environ.get(env, "").strip() or None) if env else None
-        headers = {"Content-Type": "application/json"}
+        self._headers = {"Content-Type": "application/json"}  # the key is in them: never shown
         if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        try:  # the request's bytes up to its Content-Length, once: the key is in them, so never shown
-            self._origin, self._head = self.client.request_head(self.url, headers)
-        except ValueError as exc:
-            raise ConfigError(f"model '{self.spec.name}': openai.base_url {exc}; give the endpoint's base URL, "
-                              "e.g. http://127.0.0.1:8000/v1") from None
+            self._headers["Authorization"] = f"Bearer {self._key}"
 
     @property
     def name(self) -> str:
@@ -111,11 +137,27 @@ class Upstream:
         """A non-streaming answer as parsed JSON; a malformed 200 counts as a failed attempt."""
         return await self._with_retries(body, stream=False)
 
-    async def open_stream(self, body: bytes) -> Response:
-        """An open 2xx streaming response (retried until its head arrives; not after). A plain answer has
-        one deadline for the whole exchange; a stream lasts as long as the answer, so its head has
-        that deadline and then each read of its body (`Response.chunks(timeout_s)`)."""
+    async def open_stream(self, body: bytes) -> aiohttp.ClientResponse:
+        """An open 2xx streaming response (retried until its head arrives; not after). Read it with
+        `stream_body` and release it when done."""
         return await self._with_retries(body, stream=True)
+
+    async def stream_body(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """A stream's body as it arrives, with the key redacted; each wait for the upstream at most
+        timeout_s (TimeoutError); StreamBroken when the upstream breaks off."""
+        async for chunk in self.redact_stream(self._read_stream(resp)):
+            yield chunk
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    chunk = await resp.content.readany()
+            except aiohttp.ClientError as exc:
+                raise StreamBroken(_why(exc)) from None
+            if not chunk:
+                return
+            yield chunk
 
     async def _with_retries(self, body: bytes, stream: bool) -> Any:
         problem = self.key_problem()
@@ -123,27 +165,32 @@ class Upstream:
             raise KeyMissing(problem)
         last = ""
         for attempt in range(self.retries + 1):
-            wait = self.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
+            after = None
             try:
                 return await self._attempt(body, stream)
-            except _Retry as retry:
-                last = retry.reason
-                wait = max(wait, retry.after_s)
-            except HTTPError as exc:
-                last = str(exc)
-            except (OSError, TimeoutError) as exc:  # refused, reset, DNS, TLS; or no answer within timeout_s
-                last = type(exc).__name__
+            except _Retry as exc:
+                last, after = exc.reason, exc.after_s
+            except TimeoutError:
+                last = f"no answer within {self.timeout_s:g} s"
+            except (aiohttp.ClientError, ConnectionError) as exc:  # refused, reset, DNS, TLS, broken HTTP
+                last = _why(exc)
+                if not retry.transient_error(exc):  # e.g. a certificate the system does not trust
+                    raise UpstreamFailed(f"{last} (not retried)") from None
             if attempt < self.retries:
-                await asyncio.sleep(min(wait, MAX_WAIT_S))
+                await asyncio.sleep(retry.backoff_s(attempt, self.backoff_s, after, cap_s=MAX_WAIT_S,
+                                                    retry_after_cap_s=MAX_WAIT_S))
         raise UpstreamFailed(f"{last} after {self.retries + 1} attempt(s)")
 
     async def _attempt(self, body: bytes, stream: bool) -> Any:
         async with asyncio.timeout(self.timeout_s):
-            resp = await self.client.post(self._origin, self._head, body)
-            kind = resp.headers.get("content-type", "")
+            resp = await self.client.post(self.url, data=body, headers=self._headers, allow_redirects=False)
+            kind = resp.headers.get("Content-Type", "")
             if resp.status < 300 and stream and kind.startswith("text/event-stream"):
                 return resp
-            data = self.redact(await resp.read())  # an answer never carries the key back to the caller
+            try:
+                data = self.redact(await _read(resp))  # an answer never carries the key back to the caller
+            finally:
+                resp.release()  # back to the pool when read to its end; closed otherwise
         if resp.status < 300 and stream:  # a 200 that is not a stream: the rung is broken, not the request
             raise _Retry(f"a malformed stream (Content-Type {kind or 'missing'}, not text/event-stream)")
         if resp.status < 300:
@@ -154,19 +201,32 @@ class Upstream:
             if not isinstance(answer, dict) or not answer.get("choices"):
                 raise _Retry("a malformed answer (no choices)")
             return answer
-        if resp.status in RETRY_STATUSES or resp.status >= 500:
-            raise _Retry(f"HTTP {resp.status}", _retry_after(resp.headers.get("retry-after")))
-        raise UpstreamRejected(resp.status, self.redact(data), self.name)
+        if retry.transient_status(resp.status):
+            raise _Retry(f"HTTP {resp.status}", retry.retry_after_s(resp.headers))
+        raise UpstreamRejected(resp.status, data, self.name)
+
+
+async def _read(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, at most MAX_BODY bytes (an upstream cannot fill the router's memory)."""
+    if resp.content_length is not None and resp.content_length <= MAX_BODY:
+        return await resp.read()
+    parts, size = [], 0
+    async for part in resp.content.iter_any():
+        size += len(part)
+        if size > MAX_BODY:
+            raise _Retry(f"an answer over {MAX_BODY} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _why(exc: BaseException) -> str:
+    """What broke, for `tried` and the log: aiohttp's messages name the host and what failed, never
+    the request's headers."""
+    text = " ".join(str(exc).split())  # one line: some span several
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, after_s: float = 0.0) -> None:
+    def __init__(self, reason: str, after_s: float | None = None) -> None:
         super().__init__(reason)
         self.reason, self.after_s = reason, after_s
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value else 0.0
-    except ValueError:
-        return 0.0  # an HTTP date: fall back to our own backoff
