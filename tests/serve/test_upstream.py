@@ -195,14 +195,14 @@ def test_compressed_answers_are_decoded():
 
 
 @pytest.mark.parametrize(("answer", "error"), [
-    (b"", "ServerDisconnectedError"),
+    (b"", "the upstream closed the connection before it answered"),
     (b"SPDY/3 200 OK\r\n\r\n", "ClientResponseError"),
     (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "ClientResponseError"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", "ClientPayloadError"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", "the upstream's answer was malformed or cut off"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "ClientResponseError"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc", "ClientPayloadError"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nabc", "the upstream's answer was malformed or cut off"),
     (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
-     "ClientPayloadError: 400, message: Can not decode content-encoding: gzip"),
+     "malformed or cut off (400, message: Can not decode content-encoding: gzip"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", "a malformed answer (not JSON)"),
     (b'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}', "a malformed answer (no choices)"),
     (b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", "HTTP 503"),
@@ -357,7 +357,7 @@ def test_https_verifies_the_server_certificate(tmp_path):
     async def scenario() -> None:
         async with RawServer(fixed(), tls=tls) as server:
             up = rung(server, retries=2, scheme="https", host="localhost")
-            with pytest.raises(UpstreamFailed, match=r"ClientConnectorCertificateError.*\(not retried\)"):
+            with pytest.raises(UpstreamFailed, match=r"TLS certificate is not trusted here.*\(not retried\)"):
                 await up.complete(b"{}")
             assert server.requests == 0
             await up.client.close()
@@ -368,5 +368,20 @@ def test_https_verifies_the_server_certificate(tmp_path):
             out, err = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0 and out.decode().strip() == "hi", err.decode()[-2000:]
             assert server.requests == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("base_url, message", [
+    ("http://no-such-host.invalid/v1", "cannot resolve the upstream's host name 'no-such-host.invalid' (DNS)"),
+    ("http://127.0.0.1:9/v1", "cannot connect to 127.0.0.1:9 ("),
+])
+def test_an_upstream_that_cannot_be_reached_is_named_in_plain_words(base_url, message):
+    async def scenario() -> None:
+        up = Upstream(spec(base_url), open_session(ServeParams()), 5.0, 0, 0.0)
+        with pytest.raises(UpstreamFailed) as info:
+            await up.complete(b"{}")
+        assert message in str(info.value) and "gaierror" not in str(info.value)
+        await up.client.close()
 
     asyncio.run(scenario())

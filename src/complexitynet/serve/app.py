@@ -257,6 +257,7 @@ async def _chat(request: web.Request, router: Router, arrived: float) -> web.Str
         request[OUTCOME] = (exc.model, "upstream_rejected")
         return web.Response(body=exc.body, status=exc.status, content_type="application/json")
     except AllFailed as exc:
+        log.error("serve: no model answered %s %s: %s", request.method, request.path, exc)
         raise ApiError(502, f"no model answered; tried {exc}", "server_error", "upstream_unavailable") from None
     except SandboxError as exc:
         raise ApiError(503, f"cannot judge the answer: {exc}", "server_error", "sandbox_unavailable") from None

@@ -11,6 +11,7 @@ model would refuse it too.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from complexitynet.serve.decide import Decision, PayingRule, decide, parse_model
 from complexitynet.serve.metrics import Metrics
 from complexitynet.serve.upstream import Upstream, UpstreamFailed, open_session
 from complexitynet.serve.verify import TestSpec, Verifier
+
+log = logging.getLogger(__name__)
 
 
 class UnknownModel(Exception):
@@ -182,6 +185,8 @@ class Router:
             return await call
         except UpstreamFailed as exc:
             tried.append(Attempt(up.name, "upstream_error", str(exc)))
+            log.warning("serve: upstream %s failed: %s%s", up.name, exc,
+                        "; trying the next rung" if i + 1 < plan.stop else "")
             self._escalating(up.name, "upstream_error", i, plan)
             return None
         finally:

@@ -220,8 +220,18 @@ async def _read(resp: aiohttp.ClientResponse) -> bytes:
 
 
 def _why(exc: BaseException) -> str:
-    """What broke, for `tried` and the log: aiohttp's messages name the host and what failed, never
-    the request's headers."""
+    """What broke, in plain words, for `tried` and the log (never the request's headers)."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve the upstream's host name {exc.host!r} (DNS); check base_url and the network"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"{exc.host}'s TLS certificate is not trusted here (set SSL_CERT_FILE for a private CA)"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error.strerror or type(exc.os_error).__name__
+        return f"cannot connect to {exc.host}:{exc.port} ({cause}); is the upstream running?"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the upstream closed the connection before it answered"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return f"the upstream's answer was malformed or cut off ({' '.join(str(exc).split())})"
     text = " ".join(str(exc).split())  # one line: some span several
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
