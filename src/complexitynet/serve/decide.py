@@ -109,7 +109,7 @@ class PayingRule:
 def decide(level_probs: np.ndarray | list[float], ladder: list[ModelSpec], classes: list[str], target: float) -> Decision:
     """The decision for one prompt's probabilities over `classes` (len(ladder) + 1 levels)."""
     # scores.choose's rule on one row, in plain Python (numpy's per-call overhead dominates one row
-    # of four numbers; the router decides per request). tests/unit/test_route.py checks the two agree.
+    # of four numbers; the router decides per request). tests/serve/test_decide.py checks the two agree.
     probs = level_probs if isinstance(level_probs, list) else np.asarray(level_probs, dtype=np.float64).ravel().tolist()
     success = list(itertools.accumulate(probs))[:-1]  # scores.success_probs
     index = next((i for i, s in enumerate(success) if s >= target - 1e-12), len(success) - 1)

@@ -22,7 +22,7 @@ from complexitynet.live import request_key, worst_case_usd
 from tests.fake_openai import FakeOpenAI, fraction
 from tests.live_helpers import make_problems, metrics, rows, setup_workdir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY_VAR = "CNET_TEST_API_KEY"
 SECRET = "sk-cnet-SECRET-7f3a9c1e5b2d4f6a8c0e"
 

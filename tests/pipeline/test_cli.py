@@ -10,7 +10,7 @@ import pytest
 from complexitynet.cli import main
 from complexitynet.sources import FILES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
