@@ -4,9 +4,10 @@ It writes the same files as `dvc repro` (the DVC layout, byte for byte) through 
 functions, and adds what an orchestrator is for: sampling fans out one task per model and
 execution one task per batch of sandbox jobs, on threads or on Dask workers (params
 `orchestrate`); infrastructure failures are retried per unit; a failed or killed run resumes
-from the content-addressed caches; the evaluation is published as Prefect artifacts; and the
-run ends by recording the new data version in DVC (`dvc commit`, plus `dvc push` when a remote
-is configured).
+from the content-addressed caches; a stage whose inputs did not change since dvc.lock was
+written is skipped, like `dvc repro` skips it, and each stage that ran is recorded in dvc.lock
+(`dvc commit`); the evaluation is published as Prefect artifacts of the top-level run; and the
+run ends with `dvc push` when a DVC remote is configured.
 
     python flows/pipeline.py                      # once, on an ephemeral Prefect server
     prefect deploy --name nightly                 # a scheduled deployment (prefect.yaml; see docs/orchestration.md)
@@ -23,7 +24,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # tasks/ sits beside flows/ and is not an installed package
@@ -31,6 +32,7 @@ if str(REPO) not in sys.path:  # tasks/ sits beside flows/ and is not an install
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from complexitynet import execute as ex  # noqa: E402
@@ -40,10 +42,11 @@ from complexitynet.errors import ComplexityNetError  # noqa: E402
 from complexitynet.sandbox.backends import SandboxError  # noqa: E402
 from complexitynet.paths import Paths, load_problems, load_samples  # noqa: E402
 from complexitynet.sandbox.pool import SandboxConfig  # noqa: E402
-from flows.publish import publish, record_version  # noqa: E402
+from flows.publish import publish, record_stage, record_version, stage_changes, unversioned  # noqa: E402
 from tasks import pipeline as t  # noqa: E402
 
 log = logging.getLogger("complexitynet")
+STARTUP_TIMEOUT_VAR, STARTUP_TIMEOUT_S = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120
 
 
 # --- where fanned-out tasks run ---------------------------------------------------------------
@@ -51,7 +54,8 @@ log = logging.getLogger("complexitynet")
 @contextlib.contextmanager
 def task_runners(cfg: OrchestrateParams) -> Iterator[Callable[[], Any]]:
     """A factory of task runners for the fan-out subflows: threads here, or one Dask cluster for
-    the whole run (a LocalCluster started and stopped here, or a running scheduler's address)."""
+    the whole run (a running scheduler's address, or a LocalCluster started at the first call, so
+    a run whose fan-out stages are all skipped starts none, and stopped here)."""
     if cfg.task_runner == "threads":
         workers = cfg.max_workers or os.cpu_count() or 1
         yield lambda: ThreadPoolTaskRunner(max_workers=workers)
@@ -61,11 +65,18 @@ def task_runners(cfg: OrchestrateParams) -> Iterator[Callable[[], Any]]:
     if cfg.dask_address:
         yield lambda: DaskTaskRunner(address=cfg.dask_address)
         return
-    from distributed import LocalCluster
+    with contextlib.ExitStack() as stack:
+        clusters: list[Any] = []
 
-    with LocalCluster(n_workers=cfg.dask_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster:
-        yield lambda: DaskTaskRunner(address=cluster.scheduler_address)
+        def runner() -> DaskTaskRunner:
+            if not clusters:
+                from distributed import LocalCluster
+
+                clusters.append(stack.enter_context(LocalCluster(
+                    n_workers=cfg.dask_workers, threads_per_worker=1, processes=True, dashboard_address=None)))
+            return DaskTaskRunner(address=clusters[0].scheduler_address)
+
+        yield runner
 
 
 def ensure_limits(params: Params) -> None:
@@ -167,9 +178,41 @@ def train_flow(params: Params, paths: Paths) -> dict[str, Any]:
 
 @flow(name="evaluate")
 def evaluate_flow(params: Params, paths: Paths) -> dict[str, Any]:
-    result = t.evaluate(params, paths)
-    publish(result, params, paths)
-    return result
+    return t.evaluate(params, paths)
+
+
+# --- which stages run -------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Stages:
+    """Runs a stage only when `dvc status` finds it changed against dvc.lock (as `dvc repro` would),
+    and records each stage that ran in dvc.lock (`dvc commit`), so the next stage, and the next
+    run, compare against what it wrote. When dvc.lock cannot describe this run (no DVC repository,
+    or params other than params.yaml's), every stage runs and nothing is recorded."""
+
+    def __init__(self, root: Path, params: Params, params_file: Path, logger: Any) -> None:
+        self.root, self.logger = root, logger
+        self.unversioned = unversioned(root, params, params_file)
+        self.record = self.unversioned is None and params.orchestrate.record_version
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def run(self, stage: str, work: Callable[[], T], instead: Callable[[], T]) -> T:
+        """`work()` when the stage must run, else `instead()` (what its files on disk give the rest
+        of the run); one log line either way: ran or skipped, and why."""
+        why = f"{self.unversioned}: every stage runs" if self.unversioned else stage_changes(self.root, stage)
+        if why is None:
+            self.logger.info("%s: skipped (up to date with dvc.lock)", stage)
+            self.skipped.append(stage)
+            return instead()
+        result = work()
+        if self.record:
+            record_stage(self.root, stage)
+        self.logger.info("%s: ran (%s)%s", stage, why, "; recorded in dvc.lock" if self.record else "")
+        self.ran.append(stage)
+        return result
 
 
 # --- the whole DAG ----------------------------------------------------------------------------
@@ -190,18 +233,23 @@ def complexitynet(dataset: str | None = None, ladder: str | None = None, k: int 
     root = Path.cwd()
     paths = Paths().under(root)
     ensure_limits(params)
-    fetch_flow(params, paths)
-    prepare_flow(params, paths)
+    stages = Stages(root, params, Path(params_file), logger)
+    stages.run("fetch", lambda: fetch_flow(params, paths), lambda: None)
+    stages.run("prepare", lambda: prepare_flow(params, paths), lambda: None)
     with task_runners(params.orchestrate) as runner:
-        sampled_on = sample_flow.with_options(task_runner=runner())(params, paths)
-        sandbox = SandboxConfig.from_params(params).resolved()
-        executed_on = execute_flow.with_options(task_runner=runner())(params, paths, sandbox)
-    label_flow(params, paths)
-    trained = train_flow(params, paths)
-    result = evaluate_flow(params, paths)
+        sampled_on = stages.run("sample", lambda: sample_flow.with_options(task_runner=runner())(params, paths),
+                                lambda: [])
+        executed_on = stages.run("execute", lambda: execute_flow.with_options(task_runner=runner())(
+            params, paths, SandboxConfig.from_params(params).resolved()), lambda: [])
+    stages.run("label", lambda: label_flow(params, paths), lambda: None)
+    trained = stages.run("train", lambda: train_flow(params, paths), lambda: {"run_id": None})
+    result = stages.run("evaluate", lambda: evaluate_flow(params, paths),
+                        lambda: json.loads(paths.evaluate_report.read_text(encoding="utf-8")))
+    publish(result, params, paths)  # on this, the top-level run: where the UI shows a run's headline
     version = record_version(root, params, Path(params_file)) if params.orchestrate.record_version else "off"
     router = result["policies"]["router"]
     summary = {"dataset": params.base.dataset, "ladder": params.ladder_name, "task_runner": params.orchestrate.task_runner,
+               "flow_run_id": str(flow_run.id), "ran": stages.ran, "skipped": stages.skipped,
                "sample_workers": sampled_on, "execute_workers": executed_on, "lora_run_id": trained["run_id"],
                "router_pass_rate": router["pass_rate"], "router_cost_vs_largest": router["cost_vs_largest"],
                "data_version": version}
@@ -219,8 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # An ephemeral Prefect server needs ~20 s to start on a busy 2-core machine, over Prefect's own
+    # default; 120 s unless set. Prefect read its settings when it was imported, so the default goes
+    # through its settings context too (the environment carries it to any child process).
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+
+    timeout = os.environ.setdefault(STARTUP_TIMEOUT_VAR, str(STARTUP_TIMEOUT_S))
     try:
-        complexitynet(args.dataset, args.ladder, args.k, args.task_runner, args.params)
+        with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: int(timeout)}):
+            complexitynet(args.dataset, args.ladder, args.k, args.task_runner, args.params)
     except ComplexityNetError as exc:
         log.error("error: %s", exc)
         return 2
