@@ -3,14 +3,16 @@ to load it back (tokenizer, label map, training config), and an MLflow pyfunc wr
 or the registry's model loads with one call: `mlflow.pyfunc.load_model(uri).predict(df)`.
 
 Heavy imports (torch, transformers, peft) happen inside functions: `complexitynet --help` and the
-data stages stay fast.
+data stages stay fast. No `from __future__ import annotations` here: MLflow reads the pyfunc's
+`predict` type hints at class creation, so they must be real types, not strings.
 """
 
-from __future__ import annotations
-
+import contextlib
 import functools
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,12 +81,14 @@ def build_model(base_model: str, num_labels: int, lora: dict[str, Any]):
     path = resolve_base_model(base_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        with _known_load_noise():
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     except OSError as exc:
         raise ConfigError(f"train.base_model '{base_model}' could not be loaded from {path}: {exc}") from None
     config = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora["r"], lora_alpha=lora["alpha"],
                         lora_dropout=lora["dropout"], target_modules=list(lora["target_modules"]))
-    return get_peft_model(model, config), tokenizer
+    with _known_load_noise():
+        return get_peft_model(model, config), tokenizer
 
 
 def save_classifier(model, tokenizer, out_dir: Path, meta: dict[str, Any]) -> None:
@@ -122,9 +126,11 @@ def load_classifier(path: Path, on: str | None = None) -> Classifier:
     meta = json.loads(meta_path.read_text())
     classes = meta["classes"]
     base = resolve_base_model(meta["base_model"])
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(classes))
+    with _known_load_noise():  # the head's weights come from the adapter, loaded next
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(classes))
     try:
-        model = PeftModel.from_pretrained(model, str(path))
+        with _known_load_noise():
+            model = PeftModel.from_pretrained(model, str(path))
     except RuntimeError as exc:  # e.g. "size mismatch for ... classifier.weight"
         raise DataError(f"{path}: the saved adapter does not fit {len(classes)} labels on '{meta['base_model']}' "
                         f"({str(exc).splitlines()[0]}); retrain it (complexitynet train)") from None
@@ -182,23 +188,88 @@ def embed(texts: list[str], base_model: str, max_length: int, batch_size: int = 
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
+class _NewHeadReport(logging.Filter):
+    """Drops transformers' load report when every weight it lists is the classification head's
+    (`classifier.*`, "MISSING"): a fresh head is what `build_model` wants, and what `load_classifier`
+    replaces with the adapter's. A report naming any other weight still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        keys = [line.split("|")[0].strip() for line in message.splitlines() if "|" in line]
+        keys = [k for k in keys if k and k != "Key" and set(k) - set("-+")]
+        return not keys or not all(k.startswith("classifier.") for k in keys)
+
+
+@contextlib.contextmanager
+def _known_load_noise() -> Iterator[None]:
+    """Within it, transformers' report of a missing (newly initialised) classification head is dropped,
+    and so is the FutureWarning peft raises by reading transformers' deprecated `is_gradient_checkpointing`
+    on every model it wraps (not ours to fix)."""
+    import warnings
+
+    logger, drop = logging.getLogger("transformers.modeling_utils"), _NewHeadReport()
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def pyfunc_model():
     """The MLflow pyfunc wrapper (built lazily so importing this module does not import mlflow)."""
     import mlflow.pyfunc
+    import pandas as pd
 
     class ComplexityClassifier(mlflow.pyfunc.PythonModel):
-        """Input: a DataFrame with a `text` column (or a list of str); output: class probabilities."""
+        """Input: a DataFrame with a `text` column (a list of str too, where no signature is enforced);
+        output: a DataFrame of class probabilities, one column per level."""
 
-        def load_context(self, context):
+        def load_context(self, context: Any) -> None:
             self.clf = load_classifier(Path(context.artifacts["classifier"]))
 
-        def predict(self, context, model_input, params=None):
-            import pandas as pd
-
+        def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                    ) -> pd.DataFrame:
             texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
             return pd.DataFrame(self.clf.predict_proba(texts), columns=self.clf.classes)
 
     return ComplexityClassifier()
+
+
+# The pyfunc as "models from code" (MLflow runs this file to load the model): nothing is pickled.
+PYFUNC_CODE = '''"""ComplexityNet's level classifier as an MLflow pyfunc (complexitynet must be installed)."""
+import mlflow
+
+from complexitynet.classifier import pyfunc_model
+
+mlflow.models.set_model(pyfunc_model())
+'''
+PYFUNC_REQUIREMENTS = ["torch", "transformers", "peft", "pandas"]  # and complexitynet itself, not on PyPI
+
+
+def log_pyfunc(classifier_dir: Path, classes: list[str], name: str = "classifier") -> Any:
+    """Log a saved classifier as a pyfunc model of the active MLflow run, with its signature (a
+    `text` column in, one probability column per level out); returns MLflow's ModelInfo."""
+    import tempfile
+
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    import pandas as pd
+
+    signature = ModelSignature(inputs=Schema([ColSpec("string", "text")]),
+                               outputs=Schema([ColSpec("double", level) for level in classes]))
+    example = pd.DataFrame({"text": ["Write a function to reverse a linked list."]})
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "complexitynet_pyfunc.py"
+        code.write_text(PYFUNC_CODE)
+        return mlflow.pyfunc.log_model(name=name, python_model=str(code), artifacts={"classifier": str(classifier_dir)},
+                                       signature=signature, input_example=example,
+                                       pip_requirements=PYFUNC_REQUIREMENTS)
 
 
 def quiet_libraries() -> None:

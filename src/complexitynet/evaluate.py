@@ -492,7 +492,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     rule = f"{params.label.rule}, k={params.label.k[params.base.dataset]}, threshold {params.label.threshold:g}"
     with atomic_write(paths.report) as fh:
         fh.write(render(result, params.base.dataset, params.ladder_name, rule))
-    _log_evaluation(params, result, paths)
+    _log_evaluation(params, result, paths, ts, probs)
     router = result["policies"]["router"]
     log.info("evaluate: router pass rate %.3f at %.1f%% of always-largest's cost (largest: %.3f); APGR %.3f, AIQ %.3f",
              router["pass_rate"], 100 * router["cost_vs_largest"], result["largest"]["pass_rate"],
@@ -528,33 +528,93 @@ def _paying(params: Params, paths: Paths, problems: list, labels: list, samples:
     return out
 
 
-def _log_evaluation(params: Params, result: dict, paths: Paths) -> None:
-    """The evaluation as an MLflow run beside the training runs (same numbers as metrics/evaluate.json)."""
+def _log_evaluation(params: Params, result: dict, paths: Paths, ts: TestSet, probs: dict[str, np.ndarray]) -> None:
+    """The test numbers in MLflow, named as `train` names the validation ones (val_ -> test_): each level
+    classifier's (test_accuracy, test_macro_f1, test_within_one with 95% intervals `_lo`/`_hi`, and its
+    routing at the target: test_pass_rate, test_cost_vs_largest, ...) with its test confusion matrix and
+    classification report, and each success-model candidate's (test_pass_rate, test_margin_over_hull,
+    ...), logged into the run `train` started for the same files (its tags: kind, classifier, dataset,
+    ladder, content_hash); each verified cascade in a run of its own (kind policy, one per trained
+    router); the report, the plots and the ladder's own numbers in an `evaluate` run."""
     import mlflow
 
     from complexitynet import tracking
+    from complexitynet.train import log_classification
 
-    tracking.setup(params.train.experiment)
-    tags = {**tracking.provenance_tags(stages=("prepare", "label", "train")), "kind": "evaluate",
-            "ladder": params.ladder_name, "dataset": params.base.dataset}
-    with mlflow.start_run(run_name="evaluate", tags=tags):
+    experiment_id = tracking.setup(params.train.experiment)
+    base = {"dataset": params.base.dataset, "ladder": params.ladder_name}
+    provenance = tracking.provenance_tags(stages=("prepare", "label", "train"))
+    classes = params.classes
+
+    def resume(kind: str, name: str, files: Path, **new_run_tags: str):
+        """The run `train` (or an earlier evaluate) started for these files; a new one if there is none."""
+        tags = {**base, "kind": kind, "policy" if kind == "policy" else "classifier": name,
+                tracking.CONTENT: tracking.content_hash(files)}
+        run_id = tracking.find_run(experiment_id, tags)
+        if run_id is None:
+            if kind != "policy":
+                log.warning("evaluate: no MLflow run of train for %s %s (%s); its test numbers go to a new run",
+                            kind, name, files)
+            run = mlflow.start_run(run_name=tracking.run_name(name if kind == "classifier" else f"{kind}-{name}", base),
+                                   tags={**provenance, **tags, **new_run_tags})
+        else:
+            run = mlflow.start_run(run_id=run_id)
+            mlflow.set_tags(tracking.owner_tags())  # this process holds the run now
+        tracking.log_dataset(params.base.dataset, "test", ts.task_ids, ts.texts, [classes[y] for y in ts.labels],
+                             "test", paths.labels)
+        return run
+
+    def with_ci(stats: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
+        out = {}
+        for k in names:
+            lo, hi = stats[k]["ci95"]
+            out.update({f"test_{k}": stats[k]["value"], f"test_{k}_lo": lo, f"test_{k}_hi": hi})
+        return out
+
+    def finite(numbers: dict[str, Any]) -> dict[str, float]:
+        return {k: v for k, v in numbers.items() if v is not None and v == v}
+
+    level_files = {"router": ("lora", paths.classifier),
+                   **{name: (name, paths.baselines / f"{name}.joblib") for name in probs if name != "router"}}
+    for key, (name, files) in level_files.items():  # `router` in result: the LoRA level classifier
+        policy, curve = result["policies"][key], result["curves"][key]
+        with resume("classifier", name, files):
+            mlflow.log_metrics(finite({
+                **with_ci(result["classifier"][key], ("accuracy", "macro_f1", "within_one")),
+                **{f"test_{k}": policy[k] for k in ("pass_rate", "cost_vs_largest", "saving_vs_largest", "pgr")},
+                **{f"test_{k}": curve[k] for k in ("apgr", "cpt50", "cpt80", "aiq")},
+                "test_n": result["n_test"], "test_target": result["target"],
+                **({f"test_{k}": v for k, v in result["routing_errors"].items()} if key == "router" else {})}))
+            log_classification(ts.labels, probs[key], classes, "test", f"{name}: test (n={len(ts.task_ids)})")
+
+    paying = result["paying"]
+    judged = ("pass_rate", "cost_vs_largest", "margin_over_hull", "margin_over_random")
+    for policy_name, policy in paying["policies"].items():
+        sweep = paying["curve_scores"].get(policy_name, {})
+        numbers = finite({**with_ci(policy, judged), "test_n": policy["n"],
+                          **{f"test_sweep_{k}": v for k, v in sweep.items()}})  # AIQ, APGR of its lambda sweep's hull
+        if policy_name.startswith("router:"):  # a success-model candidate, routing on the prompt alone
+            name = policy_name.removeprefix("router:")
+            with resume("router", name, paths.router / f"{name}.joblib"):
+                mlflow.log_metrics(numbers)
+        else:  # a verified cascade: no train run of its own; one run per trained router
+            with resume("policy", policy_name, paths.router, policy_kind=policy["kind"]) as run:
+                if "lam" not in run.data.params:
+                    mlflow.log_params({"policy": policy_name, "lam": policy["lam"]})
+                mlflow.log_metrics(numbers)
+
+    with mlflow.start_run(run_name=tracking.run_name("evaluate", base), tags={**provenance, **base, "kind": "evaluate"}):
+        tracking.log_dataset(params.base.dataset, "test", ts.task_ids, ts.texts, [classes[y] for y in ts.labels],
+                             "test", paths.labels)
         mlflow.log_params({"target": result["target"], "n_test": result["n_test"]})
-        numbers = {f"test_{name}_{k}": s[k]["value"] for name, s in result["classifier"].items() for k in s}
-        numbers.update({f"{name}_{k}".replace(":", "_"): v for name, p in result["policies"].items()
-                        for k, v in p.items() if v == v})
-        numbers.update({f"{name}_{k}": c[k] for name, c in result["curves"].items() if isinstance(c, dict)
-                        for k in ("apgr", "cpt50", "cpt80", "aiq") if c[k] == c[k]})
+        numbers = {f"{name}_{k}".replace(":", "_"): v for name, p in result["policies"].items()
+                   if name not in level_files for k, v in p.items()}  # the ladder's rungs, oracle, random mix
+        numbers["ladder_aiq"] = result["curves"]["ladder_aiq"]
+        numbers.update({f"paper_way_{k}": v for k, v in result["paper_way"].items() if k != "paper"})
         for model, groups in result["suites"]["models"].items():  # visible vs hidden, own hidden tests only
             own = groups["own hidden tests"]
-            numbers.update({f"{model}_{suite}_pass_rate": own[suite]["pass_rate"] for suite in ("visible", "hidden")
-                            if own[suite]["pass_rate"] is not None})
-        mlflow.log_metrics(numbers)
+            numbers.update({f"{model}_{suite}_pass_rate": own[suite]["pass_rate"] for suite in ("visible", "hidden")})
+        mlflow.log_metrics(finite(numbers))
         for path in (paths.plots / "frontier.png", paths.plots / "confusion.png", paths.report, paths.evaluate_report):
             mlflow.log_artifact(str(path))
-    for name, policy in result["paying"]["policies"].items():  # one run per policy: the compare view's rows
-        with mlflow.start_run(run_name=f"policy-{name}", tags={**tags, "kind": "policy", "policy_kind": policy["kind"]}):
-            mlflow.log_params({"policy": name, "lam": policy["lam"], "n_test": policy["n"]})
-            mlflow.log_metrics({f"test_{k}{suffix}": v for k in ("pass_rate", "cost_vs_largest", "margin_over_hull",
-                                                                 "margin_over_random")
-                                for suffix, v in (("", policy[k]["value"]), ("_lo", policy[k]["ci95"][0]),
-                                                  ("_hi", policy[k]["ci95"][1])) if v == v})
+    log.info("evaluate: MLflow runs (`make mlflow-ui`): %s", tracking.ui_url(experiment_id))

@@ -128,9 +128,11 @@ def fit_gate(oof: np.ndarray, rec: P.Recorded, seed: int) -> P.Gate:
 
 
 def select_router(texts: list[str], targets: np.ndarray, rec: P.Recorded, models: list[str], cfg, train_cfg,
-                  seed: int, on_candidate=None) -> tuple[RouterSpec, dict[str, H.SuccessModel]]:
+                  seed: int, on_candidate=None, on_fold=None) -> tuple[RouterSpec, dict[str, H.SuccessModel]]:
     """Cross-validate every candidate, choose lam and the winner, fit the gate; returns the spec and
-    each candidate's final (calibrated) model. `cfg` is params.train.router."""
+    each candidate's final (calibrated) model. `cfg` is params.train.router. Progress: `on_fold(name,
+    fold, folds)` as each fit starts (fold `folds + 1`: the final fit on all prompts),
+    `on_candidate(name, scores)` as each candidate is done."""
     folds = min(cfg.folds, len(texts))
     if folds < 2:
         raise DataError(f"train.router.folds: {len(texts)} train + validation prompts cannot make 2 folds")
@@ -146,7 +148,8 @@ def select_router(texts: list[str], targets: np.ndarray, rec: P.Recorded, models
     oofs: dict[str, np.ndarray] = {}
     final: dict[str, H.SuccessModel] = {}
     for name in cfg.candidates:
-        raw = H.out_of_fold(makers[name], texts, targets, folds, seed)
+        make = makers[name] if on_fold is None else _announced(makers[name], name, folds, on_fold)
+        raw = H.out_of_fold(make, texts, targets, folds, seed)
         platt = H.Calibrated.fit_platt(raw, targets, seed)
         oof = H.Calibrated.apply(platt, raw)
 
@@ -158,7 +161,7 @@ def select_router(texts: list[str], targets: np.ndarray, rec: P.Recorded, models
         scores[name] = {"lam": lam, "folds": folds, "n": len(texts),
                         **cv_scores(oof, targets, *route(lam), quality, cost, sweep, models)}
         oofs[name] = oof
-        final[name] = H.Calibrated(makers[name]().fit(texts, targets), platt)
+        final[name] = H.Calibrated(make().fit(texts, targets), platt)
         if on_candidate:
             on_candidate(name, scores[name])
     winner = max(cfg.candidates, key=lambda name: (scores[name]["routing_margin"], -cfg.candidates.index(name)))
@@ -173,6 +176,19 @@ def select_router(texts: list[str], targets: np.ndarray, rec: P.Recorded, models
                                 quality, cost)
     spec = RouterSpec(models, winner, unit_cost, rule, cascade_lam, gate, train_cfg.input, scores)
     return spec, final
+
+
+def _announced(make, name: str, folds: int, on_fold):
+    """`make`, calling `on_fold(name, k, folds)` before its k-th model (progress lines only)."""
+    made = 0
+
+    def announced():
+        nonlocal made
+        made += 1
+        on_fold(name, made, folds)
+        return make()
+
+    return announced
 
 
 SPEC_FILE = "router.json"

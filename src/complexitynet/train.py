@@ -4,8 +4,9 @@ Trains on the train split and selects the epoch on validation (early stopping on
 test split is never read here. `accelerate` places the model on a GPU when there is one (several
 with `accelerate launch`), else on the CPU. Class imbalance: class-weighted cross-entropy
 (`train.imbalance: balanced`). Saves models/classifier/ (adapter, head, tokenizer, label map and
-config) and models/baselines/, and logs params, per-epoch metrics, the confusion matrix, the
-classification report and a one-call-loadable model to MLflow.
+config) and models/baselines/, and logs one MLflow run per classifier (params, per-epoch metrics,
+validation metrics under the names `evaluate` gives the test ones, the confusion matrix, the
+classification report, the splits as inputs, and a one-call-loadable model; see tracking.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -216,88 +218,150 @@ def flatten(prefix: str, obj: Any) -> dict[str, Any]:
 
 
 def train(problems: list[Problem], labels: list[Label], classes: list[str], cfg: TrainParams, seed: int,
-          out_dir, baselines_dir, run_tags: dict[str, str]) -> dict[str, Any]:
-    """Fit the classifier and the baselines, save them, log every run to MLflow; returns the metrics."""
-    import tempfile
-    from pathlib import Path
-
+          out_dir, baselines_dir, run_tags: dict[str, str], labels_file: Path = Path("data/labels.jsonl")
+          ) -> dict[str, Any]:
+    """Fit the classifier and the baselines and save them; one MLflow run each (kind `classifier`),
+    all with the same validation metrics (val_accuracy, val_macro_f1, val_within_one), the validation
+    confusion matrix and classification report, the train and validation splits as inputs; the LoRA
+    classifier is registered when its files are new. Returns the metrics."""
     import mlflow
-    from sklearn.metrics import classification_report
 
     from complexitynet import tracking
-    from complexitynet.classifier import Classifier, pyfunc_model, save_classifier
+    from complexitynet.classifier import Classifier, log_pyfunc, save_classifier
     from complexitynet.io import dump_joblib
-    from complexitynet.plots import confusion_matrix, confusion_png
 
     data = training_data(problems, labels, cfg.input, cfg.max_train)
     num_labels = len(classes)
     val = data["validation"]
-    tracking.setup(cfg.experiment)
+    experiment_id = tracking.setup(cfg.experiment)
     sizes = {"n_train": len(data["train"].labels), "n_validation": len(val.labels)}
-    metrics: dict[str, Any] = {"classes": classes, **sizes, "models": {}}
+    metrics: dict[str, Any] = {"classes": classes, **sizes, "models": {}, "experiment_id": experiment_id}
 
-    with mlflow.start_run(run_name=f"lora-{Path(cfg.base_model).name}", tags={**run_tags, "kind": "lora"}) as run:
+    def start(name: str, **tags: str):
+        run = mlflow.start_run(run_name=tracking.run_name(name, run_tags),
+                               tags={**run_tags, "kind": "classifier", "classifier": name, **tags})
+        log_splits(data, classes, run_tags["dataset"], labels_file)
+        return run
+
+    with start("lora") as run:
         mlflow.log_params({**flatten("train", cfg.model_dump()), **sizes, "seed": seed, "classes": ",".join(classes)})
-        fit = fit_lora(data, num_labels, cfg, seed,
-                       on_epoch=lambda row: mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"},
-                                                               step=int(row["epoch"])))
+        fit = fit_lora(data, num_labels, cfg, seed, on_epoch=_epoch_logger(cfg.epochs))
         clf = Classifier(fit.model, fit.tokenizer, classes, cfg.max_length, {})
         probs = clf.predict_proba(val.texts)
         best = scores(val.labels, probs)
         epochs_run = len(fit.history)
-        summary = {**{f"best_val_{k}": v for k, v in best.items()}, "best_epoch": fit.best_epoch,
-                   "epochs_run": epochs_run, "seconds_per_epoch": fit.seconds / max(epochs_run, 1)}
-        mlflow.log_metrics(summary)
+        mlflow.log_metrics({**{f"val_{k}": v for k, v in best.items()}, "best_epoch": fit.best_epoch,
+                            "epochs_run": epochs_run, "seconds_per_epoch": fit.seconds / max(epochs_run, 1)})
         mlflow.set_tag("device", fit.device)
-        with tempfile.TemporaryDirectory() as tmp:
-            matrix = confusion_matrix(val.labels, probs.argmax(1), num_labels)
-            confusion_png(matrix, classes, Path(tmp) / "confusion_matrix.png",
-                          f"LoRA {cfg.base_model}: validation (n={len(val.labels)})")
-            report = classification_report(val.labels, probs.argmax(1), labels=list(range(num_labels)),
-                                           target_names=classes, zero_division=0)
-            (Path(tmp) / "classification_report.txt").write_text(report)
-            mlflow.log_artifacts(tmp)
+        log_classification(val.labels, probs, classes, "validation",
+                           f"LoRA {cfg.base_model}: validation (n={len(val.labels)})")
         meta = {"classes": classes, "base_model": cfg.base_model, "max_length": cfg.max_length, "input": cfg.input,
                 "train_config": cfg.model_dump(), "seed": seed, "best_epoch": fit.best_epoch,
                 "validation": best, "tags": {k: v for k, v in run_tags.items() if k in ("ladder", "dataset")}}
         save_classifier(fit.model, fit.tokenizer, Path(out_dir), meta)
-        info = mlflow.pyfunc.log_model(name="classifier", python_model=pyfunc_model(),
-                                       artifacts={"classifier": str(out_dir)},
-                                       registered_model_name=cfg.registered_model,
-                                       pip_requirements=["torch", "transformers", "peft", "pandas"])
-        _promote_champion(cfg.registered_model, info.registered_model_version, best["macro_f1"])
+        content = tracking.content_hash(Path(out_dir))
+        mlflow.set_tag(tracking.CONTENT, content)
+        info = log_pyfunc(Path(out_dir), classes)
+        _register(cfg.registered_model, info.model_uri, content, run_tags, best["macro_f1"])
         metrics["models"]["lora"] = {**best, "best_epoch": fit.best_epoch, "epochs_run": epochs_run,
                                      "run_id": run.info.run_id}
         metrics["history"] = fit.history
 
     Path(baselines_dir).mkdir(parents=True, exist_ok=True)
+    log.info("train: fitting the baselines (majority, prior, tfidf_lr, knn_minilm)")
     for name, model in fit_baselines(data, num_labels, cfg, seed).items():
-        with mlflow.start_run(run_name=f"baseline-{name}", tags={**run_tags, "kind": "baseline"}):
-            result = scores(val.labels, model.predict_proba(val.texts))
+        path = Path(baselines_dir) / f"{name}.joblib"
+        dump_joblib(model, path)
+        with start(name, **{tracking.CONTENT: tracking.content_hash(path)}):
+            probs = model.predict_proba(val.texts)
+            result = scores(val.labels, probs)
             mlflow.log_params({"baseline": name, **sizes})
-            mlflow.log_metrics({f"best_val_{k}": v for k, v in result.items()})
-            path = Path(baselines_dir) / f"{name}.joblib"
-            dump_joblib(model, path)
+            mlflow.log_metrics({f"val_{k}": v for k, v in result.items()})
+            log_classification(val.labels, probs, classes, "validation",
+                               f"{name}: validation (n={len(val.labels)})")
             mlflow.log_artifact(str(path))
             metrics["models"][name] = result
     return metrics
 
 
-def _promote_champion(name: str, version: str | int | None, macro_f1: float) -> None:
-    """Point the registry alias 'champion' at this version if it beats the current champion."""
+def log_splits(data: dict[str, Split], classes: list[str], dataset: str, labels_file: Path) -> None:
+    """The train and validation splits as inputs of the active run (`<dataset>-train`, `-validation`)."""
+    from complexitynet import tracking
+
+    for split, part in data.items():
+        tracking.log_dataset(dataset, split, part.task_ids, part.texts, [classes[y] for y in part.labels],
+                             "training" if split == "train" else split, labels_file)
+
+
+def log_classification(y: np.ndarray, probs: np.ndarray, classes: list[str], split: str, title: str) -> None:
+    """The confusion matrix (PNG) and sklearn's classification report of argmax predictions, as
+    artifacts `<split>/confusion_matrix.png` and `<split>/classification_report.txt` of the active run."""
+    import tempfile
+
+    import mlflow
+    from sklearn.metrics import classification_report
+
+    from complexitynet.plots import confusion_matrix, confusion_png
+
+    pred = probs.argmax(axis=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        confusion_png(confusion_matrix(y, pred, len(classes)), classes, Path(tmp) / "confusion_matrix.png", title)
+        (Path(tmp) / "classification_report.txt").write_text(classification_report(
+            y, pred, labels=list(range(len(classes))), target_names=classes, zero_division=0))
+        mlflow.log_artifacts(tmp, split)
+
+
+def _epoch_logger(epochs: int):
+    """on_epoch for fit_lora: the epoch's numbers to MLflow (`epoch/...`, step = epoch) and one log line."""
+    import mlflow
+
+    started = time.perf_counter()
+
+    def on_epoch(row: dict[str, float]) -> None:
+        epoch = int(row["epoch"])
+        mlflow.log_metrics({f"epoch/{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
+        elapsed = time.perf_counter() - started
+        log.info("train: lora epoch %d/%d  loss %.4f  validation macro-F1 %.3f  %.0f s elapsed, ~%.0f s left at most",
+                 epoch, epochs, row["train_loss"], row["val_macro_f1"], elapsed, elapsed / epoch * (epochs - epoch))
+
+    return on_epoch
+
+
+def _register(name: str, model_uri: str, content: str, run_tags: dict[str, str], macro_f1: float) -> None:
+    """Register the classifier unless a version with the same files exists; promote the champion."""
+    from complexitynet import tracking
+
+    dataset, ladder = run_tags["dataset"], run_tags["ladder"]
+    version, new = tracking.register_once(name, model_uri, content, {
+        "dataset": dataset, "ladder": ladder, "val_macro_f1": repr(macro_f1),
+        "git_commit": run_tags.get("git_commit", "unknown")})
+    champion = _promote_champion(name, version, dataset, ladder, macro_f1)
+    log.info("train: %s %s version %s; %s@%s is version %s (alias champion too)",
+             "registered" if new else "unchanged files, no new version:", name, version, name,
+             tracking.champion_alias(dataset, ladder), champion)
+
+
+def _promote_champion(name: str, version: str, dataset: str, ladder: str, macro_f1: float) -> str:
+    """Point the alias `champion-<dataset>-<ladder>` at `version` if its validation macro-F1 is at
+    least the current one's (versions of other datasets or ladders never compete), and `champion` at
+    that alias's version: the champion of the label set trained last. Returns the champion version."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if version is None:
-        return
+    from complexitynet.tracking import champion_alias
+
     client = mlflow.MlflowClient()
+    alias = champion_alias(dataset, ladder)
     try:
-        current = client.get_model_version_by_alias(name, "champion")
-        best = client.get_run(current.run_id).data.metrics.get("best_val_macro_f1", -1.0)
+        current = client.get_model_version_by_alias(name, alias)
+        champion, best = str(current.version), float(current.tags.get("val_macro_f1", "-1"))
     except MlflowException:
-        best = -1.0
-    if macro_f1 >= best:
-        client.set_registered_model_alias(name, "champion", str(version))
+        champion, best = None, -1.0
+    if champion is None or macro_f1 >= best:
+        champion = version
+        client.set_registered_model_alias(name, alias, version)
+    client.set_registered_model_alias(name, "champion", champion)
+    return champion
 
 
 def cross_validate(problems: list[Problem], labels: list[Label], num_labels: int, cfg: TrainParams, seed: int,
@@ -332,9 +396,12 @@ def cross_validate(problems: list[Problem], labels: list[Label], num_labels: int
 
 
 def train_router(problems: list[Problem], labels: list[Label], samples: dict, verdicts: dict, models: list[str],
-                 cfg: TrainParams, trials: int, truth: str, seed: int, out_dir, run_tags: dict[str, str]) -> dict[str, Any]:
-    """Fit the router that pays (paying.py) on train + validation, log one MLflow run per candidate
-    with the same metric names (cv_*), and save models/router/; returns what metrics/train.json keeps."""
+                 cfg: TrainParams, trials: int, truth: str, seed: int, out_dir, run_tags: dict[str, str],
+                 labels_file: Path = Path("data/labels.jsonl")) -> dict[str, Any]:
+    """Fit the router that pays (paying.py) on train + validation and save models/router/; one MLflow
+    run per success-model candidate (kind `router`) with its out-of-fold numbers under the names
+    `evaluate` gives the test ones (val_margin_over_hull, val_pass_rate, val_cost_vs_largest, ...).
+    Returns what metrics/train.json keeps."""
     import mlflow
 
     from complexitynet import tracking
@@ -346,17 +413,36 @@ def train_router(problems: list[Problem], labels: list[Label], samples: dict, ve
     by_id = {lab.task_id: lab for lab in labels}
     rec = recorded(ids, by_id, samples, verdicts, models, trials, truth)  # type: ignore[arg-type]
     tracking.setup(cfg.experiment)
+    started = time.perf_counter()
 
-    def log(name: str, scores: dict[str, Any]) -> None:
-        with mlflow.start_run(run_name=f"router-{name}", tags={**run_tags, "kind": "router"}):
-            mlflow.log_params({"candidate": name, "folds": scores["folds"], "n": scores["n"],
-                               **flatten("router", cfg.router.model_dump())})
-            mlflow.log_metrics({f"cv_{k}": v for k, v in scores.items() if k not in ("folds", "n") and v is not None})
+    def on_fold(name: str, fold: int, folds: int) -> None:
+        elapsed = time.perf_counter() - started
+        if fold <= folds:
+            log.info("train: router candidate %s: fold %d/%d (%.0f s elapsed)", name, fold, folds, elapsed)
+        else:
+            log.info("train: router candidate %s: final fit on all %d prompts (%.0f s elapsed)", name, len(texts),
+                     elapsed)
 
-    spec, fitted = select_router(texts, targets_of(ids, by_id, models), rec, models, cfg.router, cfg, seed, log)
+    spec, fitted = select_router(texts, targets_of(ids, by_id, models), rec, models, cfg.router, cfg, seed,
+                                 on_fold=on_fold)
     save_router(spec, fitted, out_dir)
+    classes = [*models, "none"]
+    for name, cv in spec.candidates.items():
+        tags = {**run_tags, "kind": "router", "classifier": name, "chosen": str(name == spec.candidate).lower(),
+                tracking.CONTENT: tracking.content_hash(Path(out_dir) / f"{name}.joblib")}
+        with mlflow.start_run(run_name=tracking.run_name(f"router-{name}", run_tags), tags=tags):
+            log_splits(data, classes, run_tags["dataset"], labels_file)
+            mlflow.log_params({"candidate": name, "folds": cv["folds"], "n": cv["n"], "lam": cv["lam"],
+                               **flatten("router", cfg.router.model_dump())})
+            mlflow.log_metrics({_val_name(k): v for k, v in cv.items() if k not in ("folds", "n", "lam")
+                                and v is not None})
     return {"candidate": spec.candidate, "lam": spec.rule.lam, "cascade_lam": spec.cascade_lam,
             "unit_cost": spec.unit_cost, "gate": spec.gate.coef, "candidates": spec.candidates}
+
+
+def _val_name(key: str) -> str:
+    """A candidate's out-of-fold score as an MLflow metric, named as `evaluate` names its test twin."""
+    return "val_margin_over_hull" if key == "routing_margin" else f"val_{key}"
 
 
 # --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
@@ -366,21 +452,21 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     from complexitynet.io import read_jsonl, write_metrics
     from complexitynet.label import check_trainable
     from complexitynet.schemas import Label, Problem, Verdict
-    from complexitynet.tracking import provenance_tags
+    from complexitynet.tracking import provenance_tags, ui_url
 
     classes = params.classes
     tags = {**provenance_tags(), "ladder": params.ladder_name, "dataset": params.base.dataset}
     problems, labels = read_jsonl(paths.problems, Problem), read_jsonl(paths.labels, Label)
     check_trainable(labels, [m.name for m in params.ladder], params.label.max_missing, params.train.router.folds)
     metrics = train(problems, labels, classes, params.train, params.base.seed, paths.classifier,
-                           paths.baselines, tags)
+                    paths.baselines, tags, paths.labels)
     models = [m.name for m in params.ladder]
     verdicts = {m: read_jsonl(paths.verdicts / f"{m}.jsonl", Verdict) for m in models}
     metrics["router"] = train_router(problems, labels, load_samples(params, paths), verdicts, models, params.train,
                                      params.label.k[params.base.dataset], params.label.truth, params.base.seed,
-                                     paths.router, tags)
+                                     paths.router, tags, paths.labels)
     # run ids and timings differ on every run; the DVC metric keeps only what the inputs determine
-    run_id = metrics["models"]["lora"].pop("run_id")
+    run_id, experiment_id = metrics["models"]["lora"].pop("run_id"), metrics.pop("experiment_id")
     for row in metrics["history"]:
         row.pop("train_seconds")
     router = metrics["router"]
@@ -396,4 +482,5 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         log.info("train: router %-9s cross-validated margin over the hull %+.3f at %.1f%% of the largest's cost "
                  "(lambda %.3g)", name, m["routing_margin"], 100 * m["cost_vs_largest"], m["lam"])
     log.info("train: router -> %s; cascade lambda %.3g", metrics["router"]["candidate"], metrics["router"]["cascade_lam"])
+    log.info("train: MLflow runs (`make mlflow-ui`): %s", ui_url(experiment_id))
     return {"run_id": run_id, **metrics}

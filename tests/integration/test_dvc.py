@@ -35,15 +35,35 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     # MLflow: every success-model candidate and every policy is a run with the same metric names
     import mlflow
 
+    # (each classifier, success-model candidate and cascade: one run per dataset; train logs val_, evaluate
+    # logs test_ into the same run; the splits are its inputs; artifacts beside the store, not in ./mlruns)
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("complexitynet").experiment_id])
-    by_kind = {kind: [r for r in runs if r.data.tags.get("kind") == kind] for kind in ("router", "policy")}
+    experiment = client.get_experiment_by_name("complexitynet")
+    assert experiment.artifact_location == (root.parent / "artifacts").as_uri() and not (root / "mlruns").exists()
+    runs = client.search_runs([experiment.experiment_id], "tags.dataset = 'mbpp'")
+    by_kind = {kind: [r for r in runs if r.data.tags.get("kind") == kind]
+               for kind in ("classifier", "router", "policy", "evaluate")}
+    assert sorted(r.data.tags["classifier"] for r in by_kind["classifier"]) == [
+        "knn_minilm", "lora", "majority", "prior", "tfidf_lr"]
+    assert all({"val_accuracy", "val_macro_f1", "val_within_one", "test_accuracy", "test_macro_f1", "test_within_one",
+                "test_pass_rate"} <= set(r.data.metrics) for r in by_kind["classifier"])
+    for r in by_kind["classifier"]:
+        assert {a.path for a in client.list_artifacts(r.info.run_id, "test")} == {
+            "test/confusion_matrix.png", "test/classification_report.txt"}, r.info.run_name
     assert sorted(r.data.params["candidate"] for r in by_kind["router"]) == ["ensemble", "knn", "minilm", "tfidf"]
-    assert all({"cv_routing_margin", "cv_aiq", "cv_auc_gpt-4-1106-preview"} <= set(r.data.metrics)
-               for r in by_kind["router"])
-    assert {r.data.params["policy"] for r in by_kind["policy"]} >= {"cascade", "cascade:every_rung", "router:tfidf"}
+    assert all({"val_margin_over_hull", "val_aiq", "val_auc_gpt-4-1106-preview", "test_margin_over_hull",
+                "test_pass_rate"} <= set(r.data.metrics) for r in by_kind["router"])
+    assert sorted(r.data.params["policy"] for r in by_kind["policy"]) == ["cascade", "cascade:every_rung"]
     assert all({"test_margin_over_hull", "test_margin_over_hull_lo", "test_pass_rate"} <= set(r.data.metrics)
                for r in by_kind["policy"])
+    assert len(by_kind["evaluate"]) == 1
+    for r in by_kind["classifier"] + by_kind["router"]:
+        assert {i.dataset.name for i in r.inputs.dataset_inputs} == {"mbpp-train", "mbpp-validation", "mbpp-test"}
+    versions = client.search_model_versions("name = 'complexitynet-classifier'")
+    assert len(versions) == 1
+    assert client.get_model_version_by_alias("complexitynet-classifier", "champion-mbpp-mbpp").version == versions[0].version
+    run([*dvc, "repro", "--force", "--single-item", "train"], root, env)  # the same files: no new version
+    assert len(client.search_model_versions("name = 'complexitynet-classifier'")) == 1
 
     # Editing a module of the package makes `dvc status` name exactly the stages whose code imports it.
     from dvc.repo import Repo

