@@ -187,7 +187,7 @@ class TrainParams(Section):
     lora: LoraParams = LoraParams()
     router: RouterParams = RouterParams()
     experiment: str = "complexitynet"  # MLflow experiment
-    registered_model: str = "complexitynet-classifier"  # MLflow registry name ("champion" alias = best)
+    registered_model: str = "complexitynet-classifier"  # MLflow registry name (alias champion-<dataset>-<ladder> per label set; champion: the last trained)
 
 
 ROUTER_CPU_FILE = "benchmarks/router_cpu.json"  # measured CPU seconds per prompt (benchmarks/router_cpu.py)

@@ -177,7 +177,7 @@ def run(params: Params, paths: Paths) -> None:
     write_metrics(paths.label_report, paths.label_metrics,
                   {"ladder": params.ladder_name, "k": k, "rule": cfg.rule, "truth": cfg.truth, "threshold": cfg.threshold,
                    **dist},
-                  {"splits": {split: {"n": d["n"], "flagged": d["flagged"], **d["label"]}
+                  {"splits": {split: {"n": d["n"], "flagged": d["flagged"]}
                               for split, d in dist["splits"].items() if split != "unused"}})
     for split, d in dist["splits"].items():
         log.info("label: %-10s n=%-4d %s (1-trial agrees %.2f, flagged %d)", split, d["n"], d["label"],

@@ -14,7 +14,7 @@ import yaml
 
 from complexitynet.cli import main
 from tests.conftest import REPO
-from tests.integration.test_train_mlflow import free_port
+from tests.training.test_train_mlflow import free_port
 
 pytestmark = pytest.mark.slow
 
