@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -40,3 +41,22 @@ def sources_dir(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def params() -> Params:
     return load_params(REPO / "params.yaml")
+
+
+def _burn(_: int) -> None:
+    while True:
+        pass
+
+
+@pytest.fixture()
+def busy_machine():
+    """Every core of this machine busy (two spinning processes per core) for the test's duration:
+    the sandbox's limits, and the Prefect server's start, must hold on a loaded machine."""
+    ctx = multiprocessing.get_context("fork")
+    hogs = [ctx.Process(target=_burn, args=(i,), daemon=True) for i in range(2 * (os.cpu_count() or 1))]
+    for hog in hogs:
+        hog.start()
+    yield
+    for hog in hogs:
+        hog.kill()
+        hog.join()

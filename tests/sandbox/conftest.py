@@ -6,9 +6,6 @@ Where one is missing the tests that need it are skipped, except under CI (CI=tru
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-
 import pytest
 
 from complexitynet.sandbox.pool import SandboxPool
@@ -28,22 +25,3 @@ def pool(backend):
     pool = SandboxPool(backend, 1, LIMITS, TIMEOUTS)
     yield pool
     pool.close(close_backend=False)
-
-
-def _burn(_: int) -> None:
-    while True:
-        pass
-
-
-@pytest.fixture()
-def busy_machine():
-    """Every core of this machine busy with work outside the sandbox (two spinning processes per
-    core, at the sandbox's own priority), for the test's duration."""
-    ctx = multiprocessing.get_context("fork")
-    hogs = [ctx.Process(target=_burn, args=(i,), daemon=True) for i in range(2 * (os.cpu_count() or 1))]
-    for hog in hogs:
-        hog.start()
-    yield
-    for hog in hogs:
-        hog.kill()
-        hog.join()
