@@ -155,8 +155,10 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     assert [row["k"] for row in study["rows"]] == [1, 2, 3, 4, 5] and study["rows"][-1]["label_agreement"] == 1.0
 
     # Back to the commit's dvc.lock, with an empty local cache: `dvc pull` restores its outputs from
-    # the default remote, byte for byte.
+    # the default remote, byte for byte (--force: the experiment's outputs in the workspace are no
+    # longer in the deleted cache, so DVC asks before replacing them).
     run(["git", "checkout", "--", "."], root, env)
     shutil.rmtree(root / ".dvc" / "cache")
-    run([*dvc, "pull"], root, env)
+    run([*dvc, "pull", "--force"], root, env)
+    assert "Data and pipelines are up to date" in run([*dvc, "status"], root, env)
     assert tree_digest(root / "data") | tree_digest(root / "models") == mbpp

@@ -35,6 +35,7 @@ def write_workdir(tmp_path: Path, mirror: Path, backend: str, slow: int = 0) -> 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["base"]["ladder"] = "mine"
     params["prepare"]["mbppplus"] = False  # MBPP/2's asserts judge here (hidden tests: tests/sandbox/test_hidden.py)
+    params["label"]["max_missing"] = 1000  # a handful of samples: sample's check for a trainable ladder would stop it
     params["execute"].update(backend=backend, workers=1,
                              timeouts={"load_s": 3, "test_s": 1, "sample_s": 10})
     params["ladders"]["mine"] = [{
