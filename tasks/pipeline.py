@@ -27,6 +27,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from docker.errors import APIError as DockerAPIError
 from prefect import task
 from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
@@ -50,10 +51,11 @@ log = logging.getLogger("complexitynet")
 GPU_LIMIT = "complexitynet-gpu"
 SANDBOX_LIMIT = "complexitynet-sandbox"
 
-# Worth another try: the infrastructure, not the input. (ComplexityNetError subclasses other than
-# these two mean bad params or data, or a spent budget: retrying cannot help; nor can another
-# OSError: a full disk or a permission error stays until someone fixes it.)
-TRANSIENT = (SandboxError, SamplingFailed, ConnectionError, TimeoutError)
+# Worth another try: the infrastructure, not the input: the sandbox, the engine's API (a container
+# the engine lost answers 404), connections. (ComplexityNetError subclasses other than these two mean
+# bad params or data, or a spent budget: retrying cannot help; nor can another OSError: a full disk
+# or a permission error stays until someone fixes it.)
+TRANSIENT = (SandboxError, SamplingFailed, DockerAPIError, ConnectionError, TimeoutError)
 
 
 def model_limit(name: str) -> str:
