@@ -63,8 +63,6 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     versions = client.search_model_versions("name = 'complexitynet-classifier'")
     assert len(versions) == 1
     assert client.get_model_version_by_alias("complexitynet-classifier", "champion-mbpp-mbpp").version == versions[0].version
-    run([*dvc, "repro", "--force", "--single-item", "train"], root, env)  # the same files: no new version
-    assert len(client.search_model_versions("name = 'complexitynet-classifier'")) == 1
 
     # Editing a module of the package makes `dvc status` name exactly the stages whose code imports it.
     from dvc.repo import Repo
@@ -94,14 +92,9 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
 
     run([*dvc, "repro", "--force"], root, env)  # verdicts come from the cache: same bytes
     assert tree_digest(root / "data") | tree_digest(root / "metrics") | tree_digest(root / "reports") == first
+    assert len(client.search_model_versions("name = 'complexitynet-classifier'")) == 1  # same files: no new version
 
     # A params change reruns only what depends on it.
-    params = (root / "params.yaml").read_text().replace("chars_per_token: 3.4", "chars_per_token: 4.0")
-    (root / "params.yaml").write_text(params)
-    out = run([*dvc, "repro"], root, env)
-    assert "Running stage 'sample'" in out and "Running stage 'prepare'" not in out
-    assert "metrics/sample.json" in run([*dvc, "metrics", "show"], root, env)
-
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["lr"] = 0.002
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -111,7 +104,8 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
     for path in ("metrics/evaluate.json", "plots/frontier.png", "plots/confusion.png", "reports/report.md"):
         assert (root / path).exists(), path
     shown = run([*dvc, "metrics", "show"], root, env)
-    assert "metrics/evaluate.json" in shown and "failed to load" not in shown
+    assert all(f"metrics/{stage}.json" in shown for stage in ("sample", "execute", "label", "train", "evaluate"))
+    assert "failed to load" not in shown
     headline = json.loads(subprocess.run([*dvc, "metrics", "show", "--json"], cwd=root, env=env, capture_output=True,
                                          text=True, check=True).stdout)
 
