@@ -73,6 +73,8 @@ def _kind(x: Any) -> str:
 def coerce(value: Any, examples: list[Any]) -> Any:
     """`value` (decoded JSON) with the container and number types of the example values that stand
     in its place (the same argument of every example call, or elements of those)."""
+    if not isinstance(value, (str, list, dict)):
+        return value  # (the cheap exit first: most elements of MBPP+ inputs are plain numbers)
     if isinstance(value, str):
         numbers = [e for e in examples if _kind(e) == "num" and not isinstance(e, bool)]
         return _number(value, numbers[0]) if numbers and not any(isinstance(e, str) for e in examples) else value
@@ -81,21 +83,26 @@ def coerce(value: Any, examples: list[Any]) -> Any:
         first = seqs[0]
         aligned = [e for e in seqs if isinstance(e, (list, tuple)) and len(e) == len(value)]
         members = [m for e in seqs for m in e]
+        kinds = [_kind(m) for m in members]
         # a nested list deeper than any example (recursive data) takes the shape of its parent
-        items = [coerce(v, _same_kind(v, [e[i] for e in aligned] + members) or (seqs if _kind(v) == "seq" else []))
-                 for i, v in enumerate(value)]
+        items = [coerce(v, _same_kind(v, [e[i] for e in aligned], members, kinds) or (seqs if _kind(v) == "seq" else []))
+                 if isinstance(v, (str, list, dict)) else v for i, v in enumerate(value)]
         return items if isinstance(first, list) else type(first)(items)
     maps = [e for e in examples if _kind(e) == "map"]
     if isinstance(value, dict) and maps:
         keys, values = [k for m in maps for k in m], [v for m in maps for v in m.values()]
-        return {coerce(k, _same_kind(k, keys)): coerce(v, _same_kind(v, values)) for k, v in value.items()}
+        key_kinds, value_kinds = [_kind(k) for k in keys], [_kind(v) for v in values]
+        return {coerce(k, _same_kind(k, [], keys, key_kinds)):
+                coerce(v, _same_kind(v, [], values, value_kinds)) if isinstance(v, (str, list, dict)) else v
+                for k, v in value.items()}
     return value
 
 
-def _same_kind(value: Any, candidates: list[Any]) -> list[Any]:
-    """The candidates that can shape `value`: of its kind (a string may also stand for a number, "1j")."""
+def _same_kind(value: Any, candidates: list[Any], more: list[Any] = (), more_kinds: list[str] = ()) -> list[Any]:
+    """The candidates, then `more` (whose kinds `more_kinds` are known), that can shape `value`: of its
+    kind (a string may also stand for a number, "1j")."""
     kinds = {_kind(value)} | ({"num"} if isinstance(value, str) else set())
-    return [c for c in candidates if _kind(c) in kinds]
+    return [c for c in candidates if _kind(c) in kinds] + [m for m, k in zip(more, more_kinds) if k in kinds]
 
 
 def _number(text: str, example: Any) -> Any:
