@@ -388,40 +388,6 @@ def _suite_rates(rows: list[Verdict], rounds: int, seed: int) -> dict[str, Any]:
     return out
 
 
-def confusion(ts: TestSet, probs: np.ndarray) -> np.ndarray:
-    from complexitynet.plots import confusion_matrix
-
-    return confusion_matrix(ts.labels, probs.argmax(axis=1), probs.shape[1])
-
-
-def write_plots(result: dict[str, Any], ts: TestSet, router_probs: np.ndarray, classes: list[str],
-                plots_dir: Path, title: str) -> None:
-    from complexitynet.plots import confusion_png, frontier_png, write_csv
-
-    largest = result["largest"]["cost_usd"]
-    curves_xy = {name: [(pt["cost_usd"] / largest, pt["pass_rate"]) for pt in c["curve"]]
-                 for name, c in result["curves"].items() if isinstance(c, dict)}
-    points = {name: (p["cost_vs_largest"], p["pass_rate"]) for name, p in result["policies"].items()
-              if name.startswith("always:") or name in ("oracle", "random_mix", "router")}
-    points = {name.replace("always:", ""): xy for name, xy in points.items()}
-    points[f"paper router @ {result['target']:g}"] = points.pop("router")
-    curves_xy = {("paper router" if name == "router" else name): xy for name, xy in curves_xy.items()}
-    pay = result.get("paying")
-    if pay:
-        curves_xy.update(pay["curves"])
-        points.update({name: (p["cost_vs_largest"]["value"], p["pass_rate"]["value"])
-                       for name, p in pay["policies"].items()})
-    ladder = np.array([(result["policies"][f"always:{m}"]["cost_vs_largest"], result["policies"][f"always:{m}"]["pass_rate"])
-                       for m in result["models"]])
-    xs = np.geomspace(ladder[:, 0].min(), 1.0, 200)  # mixing is linear in cost: a curve on the log axis
-    hull = list(zip(xs.tolist(), R.hull(np.r_[0.0, ladder[:, 0]], np.r_[0.0, ladder[:, 1]])(xs).tolist()))
-    frontier_png(curves_xy, points, plots_dir / "frontier.png", title, hull)
-    write_csv(plots_dir / "policies.csv", ["policy", "cost_vs_largest", "pass_rate"],
-              [(name, round(x, 6), round(y, 6)) for name, (x, y) in sorted(points.items())])
-    confusion_png(confusion(ts, router_probs), classes, plots_dir / "confusion.png",
-                  f"{title}: router classifier on the test split (n={len(ts.task_ids)})")
-
-
 # --- the stage's edge: params and paths in, files out (dvc.yaml and the Prefect flow call it) ---
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
@@ -432,6 +398,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     from complexitynet.config import ROUTER_CPU_FILE
     from complexitynet.io import atomic_write, read_jsonl, write_metrics
     from complexitynet.paying import load_router
+    from complexitynet.plots import write_evaluation_plots
     from complexitynet.report import render
     from complexitynet.schemas import Label, Problem, Verdict
 
@@ -488,7 +455,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                                                     params.base.seed, cfg.cv_folds)
     write_metrics(paths.evaluate_report, paths.evaluate_metrics, result, headline(result))
     title = f"{params.base.dataset} / ladder {params.ladder_name}"
-    write_plots(result, ts, probs["router"], clf.classes, paths.plots, title)
+    write_evaluation_plots(result, ts.labels, probs["router"], clf.classes, paths.plots, title)
     rule = f"{params.label.rule}, k={params.label.k[params.base.dataset]}, threshold {params.label.threshold:g}"
     with atomic_write(paths.report) as fh:
         fh.write(render(result, params.base.dataset, params.ladder_name, rule))

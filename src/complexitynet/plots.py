@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,3 +81,33 @@ def write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
         writer.writerow(header)
         writer.writerows(rows)
 
+
+def write_evaluation_plots(result: dict[str, Any], labels: np.ndarray, router_probs: np.ndarray, classes: list[str],
+                           plots_dir: Path, title: str) -> None:
+    """evaluate's figures and `dvc plots` data: the cost/quality frontier of every policy (the ladder's
+    hull shaded), plots/policies.csv, and the router classifier's confusion matrix on the test split."""
+    from complexitynet import scores as R
+
+    largest = result["largest"]["cost_usd"]
+    curves_xy = {name: [(pt["cost_usd"] / largest, pt["pass_rate"]) for pt in c["curve"]]
+                 for name, c in result["curves"].items() if isinstance(c, dict)}
+    points = {name: (p["cost_vs_largest"], p["pass_rate"]) for name, p in result["policies"].items()
+              if name.startswith("always:") or name in ("oracle", "random_mix", "router")}
+    points = {name.replace("always:", ""): xy for name, xy in points.items()}
+    points[f"paper router @ {result['target']:g}"] = points.pop("router")
+    curves_xy = {("paper router" if name == "router" else name): xy for name, xy in curves_xy.items()}
+    pay = result.get("paying")
+    if pay:
+        curves_xy.update(pay["curves"])
+        points.update({name: (p["cost_vs_largest"]["value"], p["pass_rate"]["value"])
+                       for name, p in pay["policies"].items()})
+    ladder = np.array([(result["policies"][f"always:{m}"]["cost_vs_largest"], result["policies"][f"always:{m}"]["pass_rate"])
+                       for m in result["models"]])
+    xs = np.geomspace(ladder[:, 0].min(), 1.0, 200)  # mixing is linear in cost: a curve on the log axis
+    hull = list(zip(xs.tolist(), R.hull(np.r_[0.0, ladder[:, 0]], np.r_[0.0, ladder[:, 1]])(xs).tolist()))
+    frontier_png(curves_xy, points, plots_dir / "frontier.png", title, hull)
+    write_csv(plots_dir / "policies.csv", ["policy", "cost_vs_largest", "pass_rate"],
+              [(name, round(x, 6), round(y, 6)) for name, (x, y) in sorted(points.items())])
+    matrix = confusion_matrix(labels, router_probs.argmax(axis=1), router_probs.shape[1])
+    confusion_png(matrix, classes, plots_dir / "confusion.png",
+                  f"{title}: router classifier on the test split (n={len(labels)})")
