@@ -1,11 +1,12 @@
 """Benchmark and measurement: the CPU cost of routing one prompt, per classifier, pinned for `evaluate`.
 
 Each trained classifier (the router's success-model candidates in models/router/ and the LoRA level
-classifier in models/classifier) classifies the test prompts one at a time on one thread, as a lone
-request is served; its CPU seconds per prompt (process time, the least of `--rounds` passes) are
-written to benchmarks/router_cpu.json with the machine and date. `evaluate` prices routing with
-them (params `evaluate.router_cost`), so a router pays for its own inference; they are pinned rather
-than measured by `evaluate` so that its outputs do not move with machine load.
+classifier in models/classifier) classifies the validation prompts one at a time on one thread, as
+a lone request is served (a cost measurement, yet it reads no test prompt all the same); its CPU
+seconds per prompt (process time, the least of `--rounds` passes) are written to
+benchmarks/router_cpu.json with the machine and date. `evaluate` prices routing with them (params
+`evaluate.router_cost`), so a router pays for its own inference; they are pinned rather than
+measured by `evaluate` so that its outputs do not move with machine load.
 
 The anchor, in the same run: the ladder's cheapest model's mean cost per call on those prompts
 (data/samples). Target: routing one prompt costs under 5% of the cheapest call. Run from the repo
@@ -54,7 +55,7 @@ def machine() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prompts", type=int, default=100, help="test prompts classified per round")
+    ap.add_argument("--prompts", type=int, default=100, help="validation prompts classified per round")
     ap.add_argument("--out", type=Path, default=None, help="default: params' ROUTER_CPU_FILE")
     args = ap.parse_args()
 
@@ -72,30 +73,30 @@ def main() -> int:
     torch.set_num_threads(1)
     params, paths = load_params(Path("params.yaml")), Paths()
     problems = {p.task_id: p for p in read_jsonl(paths.problems, Problem)}
-    test = [lab.task_id for lab in read_jsonl(paths.labels, Label) if lab.split == "test"][:args.prompts]
-    if not test:
-        sys.exit("no test prompts in data/labels.jsonl: run `make run` first")
+    prompts = [lab.task_id for lab in read_jsonl(paths.labels, Label) if lab.split == "validation"][:args.prompts]
+    if not prompts:
+        sys.exit("no validation prompts in data/labels.jsonl: run `make run` first")
     spec, _ = load_router(paths.router)
-    texts = [getattr(problems[t], spec.input) for t in test]
+    texts = [getattr(problems[t], spec.input) for t in prompts]
     measured: dict[str, float] = {}
     for name in spec.candidates:
         model = load_router(paths.router, name)[1]
         measured[name] = cpu_per_prompt(model.predict, texts, args.rounds)
         print(f"{name:>10}: {1000 * measured[name]:.2f} ms CPU per prompt")
     level = load_classifier(paths.classifier)
-    level_texts = [getattr(problems[t], params.train.input) for t in test]
+    level_texts = [getattr(problems[t], params.train.input) for t in prompts]
     measured["classifier"] = cpu_per_prompt(level.predict_proba, level_texts, args.rounds)
     print(f"{'classifier':>10}: {1000 * measured['classifier']:.2f} ms CPU per prompt (LoRA level classifier)")
 
     out = args.out or Path(ROUTER_CPU_FILE)
-    write_json(out, {"measured": datetime.date.today().isoformat(), "machine": machine(), "prompts": len(texts),
+    write_json(out, {"measured": datetime.date.today().isoformat(), "machine": machine(), "prompts": len(texts), "split": "validation",
                      "rounds": args.rounds, "threads": 1,
                      "cpu_s": {k: float(f"{v:.3g}") for k, v in sorted(measured.items())}})
     print(f"wrote {out}")
 
     cheapest = params.ladder[0].name
     costs = {s.task_id: s.cost_usd for s in read_jsonl(paths.samples / f"{cheapest}.jsonl", Sample)}
-    anchor = statistics.mean(costs[t] for t in test if t in costs)
+    anchor = statistics.mean(costs[t] for t in prompts if t in costs)
     usd = measured[spec.candidate] * params.evaluate.router_cost.usd_per_cpu_hour / 3600
     share = usd / anchor
     print(f"chosen router `{spec.candidate}`: ${usd:.3g} per prompt; `{cheapest}`: ${anchor:.3g} per call")
