@@ -122,9 +122,9 @@ def sample_flow(params: Params, paths: Paths) -> list[str]:
     for model in params.ladder:
         key = None if model.live else t.digest("sample", model.model_dump(), params.sample.model_dump(),
                                                 problems_digest)
-        futures.append(unit.submit(params, paths, model, problems, share if model.live else None, key))
+        futures.append(unit.submit(params, paths, model, t.Parcel(problems), share if model.live else None, key))
     results = [f.result() for f in futures]
-    t.write_samples(params, paths, problems, [run for run, _ in results])
+    t.write_samples(params, paths, t.Parcel(problems), t.Parcel([run for run, _ in results]))
     return sorted({worker for _, worker in results})
 
 
@@ -145,7 +145,7 @@ def execute_flow(params: Params, paths: Paths, sandbox: SandboxConfig) -> list[s
         for start in range(0, len(jobs), size):
             batch = jobs[start:start + size]
             label = f"{names[batch[0].key]} .. {names[batch[-1].key]} ({len(batch)} jobs)"
-            future = unit.submit(batch, sandbox, sessions, label,
+            future = unit.submit(t.Parcel(batch), sandbox, sessions, label,
                                  t.digest(fingerprint, [j.key for j in batch]))
             futures[future] = label
         for future in as_completed(list(futures)):
@@ -162,7 +162,7 @@ def execute_flow(params: Params, paths: Paths, sandbox: SandboxConfig) -> list[s
     if failures:
         raise SandboxError(f"{len(failures)} sandbox batches failed after retries (every finished batch is "
                            f"cached; rerun to resume):\n  " + "\n  ".join(failures))
-    t.write_verdicts(params, paths, samples, ex.assemble(samples, work), sandbox.backend)
+    t.write_verdicts(params, paths, t.Parcel(samples), t.Parcel(ex.assemble(samples, work)), sandbox.backend)
     return sorted(workers)
 
 

@@ -13,6 +13,9 @@ requests that failed after the engine's own retries) are retried, with exponenti
 jitter; a bad input or a spent budget fails at once. Finished work is never redone on a retry or a
 rerun: live answers and verdicts are content-addressed caches (data/cache/), and the unit tasks
 carry a Prefect cache key built from the same content addresses plus the package's source code.
+
+Data (problems, samples, jobs, verdicts) reaches a task in a `Parcel`, which Prefect passes on
+without walking its elements (see `Parcel`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 
 from docker.errors import APIError as DockerAPIError
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
@@ -44,7 +48,7 @@ from complexitynet.config import ModelSpec, Params
 from complexitynet.paths import Paths
 from complexitynet.sample import SamplingFailed
 from complexitynet.sandbox.backends import SandboxError
-from complexitynet.sandbox.pool import Job, SandboxConfig
+from complexitynet.sandbox.pool import SandboxConfig
 
 log = logging.getLogger("complexitynet")
 
@@ -56,6 +60,19 @@ SANDBOX_LIMIT = "complexitynet-sandbox"
 # bad params or data, or a spent budget: retrying cannot help; nor can another OSError: a full disk
 # or a permission error stays until someone fixes it.)
 TRANSIENT = (SandboxError, SamplingFailed, DockerAPIError, ConnectionError, TimeoutError)
+
+
+class Parcel:
+    """A task's data argument, passed through as one object. Prefect walks every list, tuple, dict,
+    dataclass and pydantic argument element by element looking for futures: with MBPP+'s hidden
+    tests that walk took ~22 s for the problems alone, twice per submission, and made the flow's
+    sample stage minutes long against seconds from the CLI. Prefect's own `quote` avoids the walk on
+    threads, but Dask rebuilds it as a plain tuple on the worker; a plain object is left alone by both."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def model_limit(name: str) -> str:
@@ -104,18 +121,18 @@ UNIT = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=
 
 
 @task(name="sample-model", tags=["sample"], cache_key_fn=content_key, persist_result=True, **UNIT)
-def sample_model(params: Params, paths: Paths, model: ModelSpec, problems: dict, budget_usd: float | None,
+def sample_model(params: Params, paths: Paths, model: ModelSpec, problems: Parcel, budget_usd: float | None,
                  key: str | None) -> tuple[Any, str]:
     """One model's samples (a LadderRun) and the worker that made them."""
     limit = concurrency(model_limit(model.name), occupy=1) if model.live else contextlib.nullcontext()
     with limit:
-        return sample_stage.sample_models(params, paths, [model], problems, budget_usd), where()
+        return sample_stage.sample_models(params, paths, [model], problems.value, budget_usd), where()
 
 
 @task(name="execute-batch", tags=["sandbox"], cache_key_fn=content_key, persist_result=True, **UNIT)
-def execute_batch(jobs: list[Job], sandbox: SandboxConfig, sessions: int, label: str,
+def execute_batch(batch: Parcel, sandbox: SandboxConfig, sessions: int, label: str,
                   key: str) -> tuple[list[tuple[tuple[str, str], dict]], str]:
-    """Verdict records of one batch of sandbox jobs, in `sessions` sandboxes opened for it."""
+    """Verdict records of one batch of sandbox jobs (a list of Job), in `sessions` sandboxes opened for it."""
     from complexitynet.execute import run_jobs
 
     with concurrency(SANDBOX_LIMIT, occupy=sessions):
@@ -124,7 +141,7 @@ def execute_batch(jobs: list[Job], sandbox: SandboxConfig, sessions: int, label:
         except SandboxError as exc:
             raise SandboxError(f"execute batch {label}: {exc}") from None
         try:
-            return list(run_jobs(pool, jobs)), where()
+            return list(run_jobs(pool, batch.value)), where()
         except SandboxError as exc:
             raise SandboxError(f"execute batch {label}: {exc}") from None
         finally:
@@ -142,14 +159,14 @@ def prepare(params: Params, paths: Paths) -> None:
     prepare_stage.run(params, paths)
 
 
-@task(name="write-samples")
-def write_samples(params: Params, paths: Paths, problems: dict, runs: list) -> None:
-    sample_stage.write_outputs(params, paths, problems, runs)
+@task(name="write-samples", cache_policy=NO_CACHE)
+def write_samples(params: Params, paths: Paths, problems: Parcel, runs: Parcel) -> None:
+    sample_stage.write_outputs(params, paths, problems.value, runs.value)
 
 
-@task(name="write-verdicts")
-def write_verdicts(params: Params, paths: Paths, samples: dict, verdicts: dict, backend: str) -> None:
-    execute_stage.write_outputs(params, paths, samples, verdicts, backend)
+@task(name="write-verdicts", cache_policy=NO_CACHE)
+def write_verdicts(params: Params, paths: Paths, samples: Parcel, verdicts: Parcel, backend: str) -> None:
+    execute_stage.write_outputs(params, paths, samples.value, verdicts.value, backend)
 
 
 @task(name="label")

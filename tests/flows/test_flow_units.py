@@ -155,3 +155,29 @@ def test_permanent_batch_failure_names_the_samples_and_a_rerun_resumes(sampled, 
     execute_flow(params, paths, sandbox)
     assert [len(b) for b in batches] == [4]  # only the failed batch runs again
     assert len(rows(paths.verdicts / "small.jsonl")) == 12
+
+
+def test_prefect_never_walks_problems_samples_or_jobs(work, monkeypatch):
+    # Prefect walks a task's arguments element by element looking for futures unless they are quoted:
+    # MBPP+'s hidden tests made that walk ~22 s per submission of the problems. Every visit is counted.
+    import prefect.utilities.collections as collections
+
+    from complexitynet.sandbox.pool import Job
+    from complexitynet.schemas import Problem, Sample
+
+    walked: list[str] = []
+    real = collections.visit_collection
+
+    def visit_collection(expr, *args, **kwargs):
+        if isinstance(expr, (Problem, Sample, Job)):
+            walked.append(type(expr).__name__)
+        return real(expr, *args, **kwargs)
+
+    monkeypatch.setattr(collections, "visit_collection", visit_collection)
+    with FakeOpenAI() as server:
+        setup_workdir(work, [rung("small", server.base_url)], n=3, k=2)
+        params, paths = params_for(work), Paths().under(work)
+        sample_flow(params, paths)
+        execute_flow(params, paths, SandboxConfig.from_params(params).resolved())
+    assert len(rows(paths.verdicts / "small.jsonl")) == 6
+    assert walked == []
