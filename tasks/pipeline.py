@@ -64,9 +64,9 @@ TRANSIENT = (SandboxError, SamplingFailed, DockerAPIError, ConnectionError, Time
 
 class Parcel:
     """A task's data argument, passed through as one object. Prefect walks every list, tuple, dict,
-    dataclass and pydantic argument element by element looking for futures: with MBPP+'s hidden
-    tests that walk took ~22 s for the problems alone, twice per submission, and made the flow's
-    sample stage minutes long against seconds from the CLI. Prefect's own `quote` avoids the walk on
+    dataclass and pydantic argument element by element looking for futures, when it is submitted
+    and again when the task starts: with MBPP+'s hidden tests one walk of the problems took ~22 s,
+    and the flow's sample stage minutes against seconds from the CLI. Prefect's own `quote` avoids the walk on
     threads, but Dask rebuilds it as a plain tuple on the worker; a plain object is left alone by both."""
 
     __slots__ = ("value",)
