@@ -118,11 +118,10 @@ def test_repro_twice_then_forced_rerun_is_byte_identical(project):
 
     # A commit carries its numbers (metrics/, reports/, plots/ are committed with the code); every
     # output goes to a DVC remote, from which an older dvc.lock's outputs come back.
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     env = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # `dvc exp run` commits too, on a machine with no git identity
-    run([*git, "add", "-A"], root, env)
-    run([*git, "commit", "-qm", "mbpp"], root, env)
+           "GIT_COMMITTER_EMAIL": "t@t"}  # our commit and `dvc exp run`'s, on a machine with no git identity
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "mbpp"], root, env)
     assert run(["git", "status", "--porcelain"], root, env).strip() == ""
     run([*dvc, "remote", "add", "--local", "--default", "local", str(root.parent / "dvc-remote")], root, env)
     run([*dvc, "push"], root, env)
